@@ -1,0 +1,159 @@
+"""How the app talks to Redis: one connection policy for the channel layer and
+for the app's own clients (connection limit, readiness check).
+
+Two traps decide the values below (both seen on this stack):
+
+* redis-py 8 defaults ``socket_timeout`` to 5 s, exactly channels_redis's 5 s
+  blocking read (BZPOPMIN): an idle consumer's read times out, the error
+  reaches the consumer and its WebSocket closes. The socket timeout must stay
+  well above ``BLOCKING_READ_SECONDS``.
+* channels_redis hands each Redis error to the consumer, which then closes the
+  socket. During a Sentinel failover the first command after it fails, and a
+  blocked read on the demoted master is answered ``-UNBLOCKED``. Both must be
+  retried on the new master, inside the connection, never seen by consumers.
+* After a failover the old master may go on answering as a master for several
+  seconds until Sentinel demotes it; pooled connections only ask Sentinel on
+  connect, so a process would keep reading the old master while others write
+  to the new one. Connections therefore re-check the master's address (at most
+  once per MASTER_CHECK_SECONDS, before a command) and move when it moved.
+"""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+# channels_redis.core.RedisChannelLayer.brpop_timeout
+BLOCKING_READ_SECONDS = 5
+# How stale a connection's idea of the master may be before a command re-asks Sentinel.
+MASTER_CHECK_SECONDS = 1.0
+
+
+def connection_options(socket_timeout: float, retry_seconds: float) -> dict:
+    """Keyword arguments for every Redis connection the app opens."""
+    if socket_timeout <= BLOCKING_READ_SECONDS:
+        raise ValueError(
+            f"Redis socket timeout {socket_timeout}s must exceed the channel layer's "
+            f"{BLOCKING_READ_SECONDS}s blocking read"
+        )
+    # Backoff 50 ms doubling to 1 s: retries spread over about retry_seconds,
+    # long enough for Sentinel to elect and announce a new master.
+    retries = max(1, int(retry_seconds) + 5)
+    return {
+        "socket_connect_timeout": 2,
+        "socket_timeout": socket_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        "retry_on_error": [ConnectionError, TimeoutError],
+    }
+
+
+def _is_unblocked(exc: ResponseError) -> bool:
+    return str(exc).startswith("UNBLOCKED")
+
+
+class FailoverAwareConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that follows the master promptly.
+
+    * Before a command, at most once per MASTER_CHECK_SECONDS, it asks Sentinel
+      where the master is; if not where this connection points, it drops the
+      connection and raises ConnectionError, which the retry policy answers
+      by reconnecting to the new master.
+    * Every reconnect asks Sentinel for the master: redis-py's own reconnect
+      inside a command retry reuses the address it had, so retries after a
+      failover went back to the old (or dead) master (redis/redis-py#3874).
+    * redis-py already turns READONLY from a demoted master into a reconnect;
+      ``-UNBLOCKED`` (the answer to a blocking command when its master becomes
+      a replica) is a plain ResponseError and would reach the consumer, so it
+      is turned into ConnectionError too.
+    """
+
+    _master_checked_at = 0.0
+    _opening = False
+
+    async def connect_to(self, address):
+        # Only when a socket really opens, to the address Sentinel just named
+        # (redis-py calls connect() before every command).
+        self._master_checked_at = time.monotonic()
+        self._opening = True
+        try:
+            await super().connect_to(address)
+        finally:
+            self._opening = False
+
+    async def connect_check_health(self, check_health=True, retry_socket_connect=True):
+        if self.is_connected or self._opening or not self.connection_pool.is_master:
+            return await super().connect_check_health(check_health, retry_socket_connect)
+        # A reconnect from inside a command: go through Sentinel, not the old address.
+        await self.connect()
+
+    async def send_packed_command(self, command, check_health=True):
+        if (
+            self.connection_pool.is_master
+            and self.is_connected
+            and time.monotonic() - self._master_checked_at > MASTER_CHECK_SECONDS
+        ):
+            self._master_checked_at = time.monotonic()
+            # Also drops the pool's idle connections when the master moved.
+            master = await self.connection_pool.get_master_address()
+            if (self.host, self.port) != tuple(master):
+                await self.disconnect()
+                raise ConnectionError(f"master moved to {master[0]}:{master[1]}")
+        await super().send_packed_command(command, check_health)
+
+    async def read_response(self, *args, **kwargs):
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if _is_unblocked(exc) and self.connection_pool.is_master:
+                await self.disconnect()
+                raise ConnectionError("blocked read interrupted by a master change") from exc
+            raise
+
+
+class FailoverAwareSSLConnection(FailoverAwareConnection, SentinelManagedSSLConnection):
+    pass
+
+
+def layer_host(spec: dict) -> dict:
+    """One channels_redis ``hosts`` entry for a Redis spec from settings.
+
+    All sentinels go in ONE entry: several entries would shard the layer over
+    several (here: identical) masters.
+    """
+    options = connection_options(spec["socket_timeout"], spec["retry_seconds"])
+    if spec["mode"] == "url":
+        return {"address": spec["url"], **options}
+    sentinel_kwargs = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    if spec.get("sentinel_password"):
+        sentinel_kwargs["password"] = spec["sentinel_password"]
+    if spec.get("tls"):
+        sentinel_kwargs["ssl"] = True
+    host = {
+        "sentinels": spec["sentinels"],
+        "master_name": spec["master_name"],
+        "db": spec.get("db", 0),
+        "sentinel_kwargs": sentinel_kwargs,
+        "connection_class": FailoverAwareSSLConnection if spec.get("tls") else FailoverAwareConnection,
+        **options,
+    }
+    if spec.get("password"):
+        host["password"] = spec["password"]
+    if spec.get("tls"):
+        host["ssl"] = True
+    return host
+
+
+def parse_sentinels(value: list[str]) -> list[tuple[str, int]]:
+    sentinels = []
+    for item in value:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"sentinel {item!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    return sentinels

@@ -1,0 +1,74 @@
+import asyncio
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+
+from live.ticks import event
+from realtime.layer import group_send
+from testing import connect
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def tick(n: int) -> dict:
+    return event({"symbol": "ACME", "price": 100.0 + n, "ts": f"2026-01-01T00:00:0{n % 10}+00:00"})
+
+
+async def test_anonymous_clients_may_watch():
+    communicator, accepted, _ = await connect("/ws/live/")
+    assert accepted
+    await communicator.disconnect()
+
+
+async def test_ticks_of_one_interval_arrive_as_one_batch(settings):
+    settings.LIVE_BATCH_INTERVAL = 0.2
+    communicator, _, _ = await connect("/ws/live/")
+    for n in range(5):
+        await group_send(settings.LIVE_GROUP, tick(n))
+    frame = await communicator.receive_json_from(timeout=1)
+    assert frame["type"] == "batch"
+    assert [u["price"] for u in frame["updates"]] == [100.0, 101.0, 102.0, 103.0, 104.0]
+    # Nothing more was published, so nothing more is sent.
+    assert await communicator.receive_nothing(timeout=0.6)
+    await communicator.disconnect()
+
+
+async def test_a_quiet_interval_sends_nothing_and_later_ticks_form_a_new_batch(settings):
+    settings.LIVE_BATCH_INTERVAL = 0.1
+    communicator, _, _ = await connect("/ws/live/")
+    assert await communicator.receive_nothing(timeout=0.35)
+    await group_send(settings.LIVE_GROUP, tick(1))
+    first = await communicator.receive_json_from(timeout=1)
+    await asyncio.sleep(0.25)
+    await group_send(settings.LIVE_GROUP, tick(2))
+    second = await communicator.receive_json_from(timeout=1)
+    assert [u["price"] for u in first["updates"]] == [101.0]
+    assert [u["price"] for u in second["updates"]] == [102.0]
+    await communicator.disconnect()
+
+
+async def test_every_watcher_gets_the_broadcast():
+    watchers = [(await connect("/ws/live/"))[0] for _ in range(3)]
+    await group_send(settings.LIVE_GROUP, tick(7))
+    for communicator in watchers:
+        assert (await communicator.receive_json_from(timeout=1))["updates"][0]["price"] == 107.0
+        await communicator.disconnect()
+
+
+async def test_publish_ticks_command_feeds_the_dashboard(settings):
+    from asgiref.sync import sync_to_async
+
+    settings.LIVE_BATCH_INTERVAL = 0.05
+    communicator, _, _ = await connect("/ws/live/")
+    await sync_to_async(call_command, thread_sensitive=False)(
+        "publish_ticks", "--rate", "200", "--count", "12", "--symbols", "AAA,BBB", "--seed", "1"
+    )
+    received = []
+    while len(received) < 12:
+        received += (await communicator.receive_json_from(timeout=1))["updates"]
+    assert len(received) == 12
+    assert {u["symbol"] for u in received} <= {"AAA", "BBB"}
+    assert all(u["price"] > 0 for u in received)
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect()

@@ -1,0 +1,30 @@
+"""Sending a notification to every open socket of one user, from anywhere."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+
+from realtime.layer import group_send
+
+
+def group_name(user_id: int) -> str:
+    return f"notifications_{user_id}"
+
+
+def event(message: str) -> dict:
+    return {"type": "notification.message", "message": message, "timestamp": timezone.now().isoformat()}
+
+
+async def asend_notification(user_id: int, message: str) -> None:
+    """From async code (consumers, async views)."""
+    await group_send(group_name(user_id), event(message))
+
+
+def send_notification(user_id: int, message: str) -> None:
+    """From sync code: views, signals, management commands, tasks.
+
+    Reaches the user's sockets on every daphne process through the channel
+    layer; raises if the layer is unreachable.
+    """
+    async_to_sync(asend_notification)(user_id, message)

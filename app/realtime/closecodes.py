@@ -1,0 +1,33 @@
+"""Every way the app's WebSockets answer bad input or refuse a client: the one reference.
+
+Handshake refusals (before the socket is accepted) reach the client as HTTP 403:
+  - anonymous user on an endpoint that needs a login (notifications, orders)
+  - Origin not in ALLOWED_HOSTS (AllowedHostsOriginValidator)
+  - unknown path under /ws/
+
+Close codes (after accept):
+  - 1000  normal closure
+  - 1009  MESSAGE_TOO_BIG: a frame over WS_MAX_MESSAGE_BYTES (default 64 KiB)
+  - 4429  TOO_MANY_CONNECTIONS: the user already holds WS_MAX_CONNECTIONS_PER_USER
+          sockets on this endpoint, counted across every daphne process and host
+
+Error frames (the socket stays open): {"type": "error", "error": CODE, "detail": "..."}
+  - invalid_json          text frame that is not JSON
+  - invalid_message       JSON that is not an object
+  - unknown_type          "type" names no action of this endpoint
+  - invalid_field         a field is missing or has the wrong type or range
+  - binary_not_supported  binary frame (the protocol is JSON text)
+  - not_found             order that does not exist or is not yours (indistinguishable)
+  - internal_error        the server failed handling this message; retry later
+"""
+
+MESSAGE_TOO_BIG = 1009
+TOO_MANY_CONNECTIONS = 4429
+
+INVALID_JSON = "invalid_json"
+INVALID_MESSAGE = "invalid_message"
+UNKNOWN_TYPE = "unknown_type"
+INVALID_FIELD = "invalid_field"
+BINARY_NOT_SUPPORTED = "binary_not_supported"
+NOT_FOUND = "not_found"
+INTERNAL_ERROR = "internal_error"

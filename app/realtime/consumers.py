@@ -1,0 +1,178 @@
+"""The base every WebSocket endpoint of the app builds on.
+
+It owns what all endpoints must get right the same way: login requirement,
+the per-user connection limit, metrics, group membership with cleanup, and
+answers to bad input that never take the consumer or the process down
+(documented in realtime/closecodes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from ops.metrics import (
+    LAYER_ERRORS,
+    WS_BAD_INPUT,
+    WS_CLOSED,
+    WS_CONNECTIONS,
+    WS_OPENED,
+    WS_RECEIVED,
+    WS_REJECTED,
+    WS_SENT,
+)
+from realtime import closecodes, limits
+
+log = logging.getLogger(__name__)
+
+
+class AppConsumer(AsyncJsonWebsocketConsumer):
+    #: metric label and connection-limit scope of this endpoint
+    endpoint = "base"
+    #: refuse the handshake to anonymous users
+    login_required = True
+
+    opened = False
+    slot_held = False
+    heartbeat: asyncio.Task | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.memberships: list[str] = []
+        authenticated = bool(self.user and self.user.is_authenticated)
+        if self.login_required and not authenticated:
+            WS_REJECTED.labels(self.endpoint, "unauthenticated").inc()
+            await self.close()  # before accept: the client sees HTTP 403
+            return
+        if authenticated:
+            if not await limits.slots().acquire(self.endpoint, self.user.pk, self.channel_name):
+                WS_REJECTED.labels(self.endpoint, "connection_limit").inc()
+                # Accept first so the client receives the code (a pre-accept close is only a 403).
+                await self.accept()
+                await self.close(code=closecodes.TOO_MANY_CONNECTIONS)
+                return
+            self.slot_held = True
+            self.heartbeat = asyncio.create_task(self._renew_slot())
+        await self.on_connect()
+        await self.accept()
+        self.opened = True
+        WS_OPENED.labels(self.endpoint).inc()
+        WS_CONNECTIONS.labels(self.endpoint).inc()
+
+    async def websocket_disconnect(self, message: dict) -> None:
+        # Channels' own version would group_discard only class-level groups;
+        # this one also undoes per-connection state, and never raises.
+        try:
+            await self.disconnect(message.get("code"))
+        finally:
+            raise StopConsumer()
+
+    async def disconnect(self, code: int | None) -> None:
+        if self.opened:
+            self.opened = False
+            WS_CONNECTIONS.labels(self.endpoint).dec()
+            WS_CLOSED.labels(self.endpoint).inc()
+        if self.heartbeat:
+            self.heartbeat.cancel()
+        await self.on_disconnect()
+        for group in getattr(self, "memberships", []):
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                LAYER_ERRORS.labels("group_discard").inc()
+                log.warning("group_discard failed", extra={"group": group}, exc_info=True)
+        if self.slot_held:
+            self.slot_held = False
+            try:
+                await limits.slots().release(self.endpoint, self.user.pk, self.channel_name)
+            except Exception:
+                # The slot lapses by itself after WS_CONNECTION_SLOT_TTL.
+                log.warning("connection slot release failed", exc_info=True)
+
+    async def _renew_slot(self) -> None:
+        interval = settings.WS_CONNECTION_SLOT_TTL / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await limits.slots().renew(self.endpoint, self.user.pk, self.channel_name):
+                    # Lost (e.g. Redis restarted empty): take it again, even past the limit,
+                    # rather than drop a socket that was legitimately admitted.
+                    await limits.slots().acquire(self.endpoint, self.user.pk, self.channel_name)
+            except Exception:
+                log.warning("connection slot renewal failed; retrying", exc_info=True)
+
+    async def join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.memberships.append(group)
+
+    # -- hooks for endpoints -------------------------------------------------
+    async def on_connect(self) -> None:
+        """Join groups, start tasks; runs before accept."""
+
+    async def on_disconnect(self) -> None:
+        """Stop what on_connect started."""
+
+    async def handle(self, content: dict) -> None:
+        """A valid JSON object from the client, other than a ping."""
+        await self.send_error(closecodes.UNKNOWN_TYPE, f"unknown message type {content.get('type')!r}")
+
+    # -- input ---------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs) -> None:
+        WS_RECEIVED.labels(self.endpoint).inc()
+        size = len(bytes_data) if bytes_data is not None else len((text_data or "").encode())
+        if size > settings.WS_MAX_MESSAGE_BYTES:
+            WS_BAD_INPUT.labels(self.endpoint, "message_too_big").inc()
+            await self.close(code=closecodes.MESSAGE_TOO_BIG)
+            return
+        if bytes_data is not None:
+            await self.send_error(closecodes.BINARY_NOT_SUPPORTED, "send JSON text frames")
+            return
+        try:
+            content = json.loads(text_data or "")
+        except ValueError:
+            await self.send_error(closecodes.INVALID_JSON, "frame is not valid JSON")
+            return
+        if not isinstance(content, dict):
+            await self.send_error(closecodes.INVALID_MESSAGE, "expected a JSON object")
+            return
+        try:
+            if content.get("type") == "ping":
+                await self.send_json({"type": "pong"})
+            else:
+                await self.handle(content)
+        except Exception:
+            log.exception("error handling a client message", extra={"endpoint": self.endpoint})
+            await self.send_error(closecodes.INTERNAL_ERROR, "the server could not handle this message")
+
+    # -- output --------------------------------------------------------------
+    # Both paths out are counted: channels' send_json calls the parent class's
+    # send directly, past any override of send here.
+    async def send(self, text_data=None, bytes_data=None, close=False) -> None:
+        if text_data is not None or bytes_data is not None:
+            WS_SENT.labels(self.endpoint).inc()
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+
+    async def send_json(self, content, close=False) -> None:
+        WS_SENT.labels(self.endpoint).inc()
+        await super().send_json(content, close=close)
+
+    async def send_error(self, code: str, detail: str, **extra) -> None:
+        WS_BAD_INPUT.labels(self.endpoint, code).inc()
+        await self.send_json({"type": "error", "error": code, "detail": detail, **extra})
+
+
+class NotFoundConsumer(AppConsumer):
+    """Any /ws/ path without an endpoint: refused at the handshake (HTTP 403)."""
+
+    endpoint = "not_found"
+
+    async def connect(self) -> None:
+        self.memberships = []
+        WS_REJECTED.labels(self.endpoint, "no_route").inc()
+        await self.close()

@@ -1,0 +1,103 @@
+"""Per-user connection limit, enforced across every daphne process on every host.
+
+Each open socket holds a slot: a member of the sorted set
+``wslimit:<endpoint>:<user id>`` whose score is the time it expires. Sockets
+renew their slot every third of WS_CONNECTION_SLOT_TTL; a process that dies
+stops renewing, and its slots lapse on their own. Times come from the Redis
+server's clock, so hosts with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from realtime import redis_client
+
+# KEYS[1] slot set; ARGV: member, limit, ttl seconds. Returns 1 if the slot is held.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and
+   redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 1)
+return 1
+"""
+
+# KEYS[1] slot set; ARGV: member, ttl. Renews an existing slot only.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
+return 1
+"""
+
+
+def _key(endpoint: str, user_id: int) -> str:
+    return f"wslimit:{endpoint}:{user_id}"
+
+
+class RedisSlots:
+    async def acquire(self, endpoint: str, user_id: int, member: str) -> bool:
+        client = redis_client.shared_client()
+        held = await client.eval(
+            _ACQUIRE,
+            1,
+            _key(endpoint, user_id),
+            member,
+            settings.WS_MAX_CONNECTIONS_PER_USER,
+            settings.WS_CONNECTION_SLOT_TTL,
+        )
+        return bool(held)
+
+    async def renew(self, endpoint: str, user_id: int, member: str) -> bool:
+        client = redis_client.shared_client()
+        return bool(await client.eval(_RENEW, 1, _key(endpoint, user_id), member, settings.WS_CONNECTION_SLOT_TTL))
+
+    async def release(self, endpoint: str, user_id: int, member: str) -> None:
+        await redis_client.shared_client().zrem(_key(endpoint, user_id), member)
+
+
+class LocalSlots:
+    """The same rules inside one process, for the in-memory channel layer (development, tests)."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, dict[str, float]] = {}
+
+    def _live(self, key: str) -> dict[str, float]:
+        now = time.monotonic()
+        held = {m: exp for m, exp in self.slots.get(key, {}).items() if exp > now}
+        self.slots[key] = held
+        return held
+
+    async def acquire(self, endpoint: str, user_id: int, member: str) -> bool:
+        held = self._live(_key(endpoint, user_id))
+        if member not in held and len(held) >= settings.WS_MAX_CONNECTIONS_PER_USER:
+            return False
+        held[member] = time.monotonic() + settings.WS_CONNECTION_SLOT_TTL
+        return True
+
+    async def renew(self, endpoint: str, user_id: int, member: str) -> bool:
+        held = self._live(_key(endpoint, user_id))
+        if member not in held:
+            return False
+        held[member] = time.monotonic() + settings.WS_CONNECTION_SLOT_TTL
+        return True
+
+    async def release(self, endpoint: str, user_id: int, member: str) -> None:
+        self._live(_key(endpoint, user_id)).pop(member, None)
+
+
+_local = LocalSlots()
+
+
+def slots() -> RedisSlots | LocalSlots:
+    return RedisSlots() if redis_client.configured() else _local

@@ -1,0 +1,189 @@
+"""Real daphne processes sharing a real Redis: what the WebSocket pool does on the hosts."""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from testing import free_port, wait_for_port
+
+APP = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.redis, pytest.mark.django_db]
+
+
+class Daphne:
+    def __init__(self, env: dict, logdir: Path):
+        self.env, self.port, self.logdir = env, free_port(), logdir
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Daphne":
+        log = open(self.logdir / f"daphne-{self.port}.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"],
+            cwd=APP,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, timeout=30)
+        return self
+
+    def crash(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+
+def manage(env: dict, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=APP, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+MAKE_SESSION = """
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.auth import SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
+user, _ = get_user_model().objects.get_or_create(username="{name}")
+s = SessionStore()
+s[SESSION_KEY] = str(user.pk)
+s[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+s[HASH_SESSION_KEY] = user.get_session_auth_hash()
+s.create()
+print(s.session_key)
+"""
+
+
+@pytest.fixture(scope="module")
+def pool(redis_server, tmp_path_factory):
+    """Two daphne processes, one SQLite file, one Redis; sessions for alice, bob and carol."""
+    redis_server.cli("FLUSHALL")
+    workdir = tmp_path_factory.mktemp("pool")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "CHANNEL_"))},
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_SECRET_KEY": "pool-test-secret-key-0123456789abcdefghijklmnop",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+        "REDIS_URL": redis_server.url,
+        "DJANGO_SECURE_COOKIES": "0",
+        "DJANGO_BEHIND_PROXY": "0",
+        "WS_CONNECTION_SLOT_TTL": "3",
+        "LOG_LEVEL": "WARNING",
+    }
+    manage(env, "migrate", "--noinput")
+    sessions = {
+        name: manage(env, "shell", "-c", MAKE_SESSION.format(name=name)).splitlines()[-1]
+        for name in ("alice", "bob", "carol")
+    }
+    processes = [Daphne(env, workdir).start(), Daphne(env, workdir).start()]
+    yield {"env": env, "sessions": sessions, "a": processes[0], "b": processes[1], "workdir": workdir}
+    for process in processes:
+        process.stop()
+
+
+def open_socket(pool, process: Daphne, user: str, path: str = "/ws/notifications/"):
+    return ws_connect(
+        f"ws://127.0.0.1:{process.port}{path}",
+        origin="http://127.0.0.1",
+        additional_headers={"Cookie": f"sessionid={pool['sessions'][user]}"},
+        open_timeout=5,
+    )
+
+
+async def test_a_notification_from_sync_code_reaches_sockets_on_both_processes(pool):
+    async with open_socket(pool, pool["a"], "alice") as on_a, open_socket(pool, pool["b"], "alice") as on_b:
+        await asyncio.to_thread(manage, pool["env"], "notify", "alice", "cross-process hello")
+        for ws in (on_a, on_b):
+            message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert message["type"] == "notification"
+            assert message["message"] == "cross-process hello"
+
+
+async def test_each_process_serves_its_own_connection_gauge(pool):
+    async with (
+        open_socket(pool, pool["a"], "carol") as a1,
+        open_socket(pool, pool["a"], "carol", "/ws/live/") as a2,
+        open_socket(pool, pool["b"], "carol") as b1,
+    ):
+        for ws in (a1, a2, b1):
+            await ws.send('{"type": "ping"}')
+            await asyncio.wait_for(ws.recv(), 5)
+        metrics_a = await asyncio.to_thread(pool["a"].metrics)
+        metrics_b = await asyncio.to_thread(pool["b"].metrics)
+    assert 'websocket_connections{consumer="notifications"} 1.0' in metrics_a
+    assert 'websocket_connections{consumer="live"} 1.0' in metrics_a
+    assert 'websocket_connections{consumer="notifications"} 1.0' in metrics_b
+    assert 'websocket_connections{consumer="live"}' not in metrics_b
+
+
+async def test_limit_holds_across_processes_and_a_crashed_process_frees_its_slots(pool):
+    held = [
+        await open_socket(pool, pool["a"], "bob"),
+        await open_socket(pool, pool["a"], "bob"),
+        await open_socket(pool, pool["b"], "bob"),
+    ]
+    try:
+        fourth = await open_socket(pool, pool["b"], "bob")
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(fourth.recv(), 5)
+        assert closed.value.rcvd.code == 4429
+
+        pool["a"].crash()  # two of bob's slots now belong to a dead process
+        deadline = time.monotonic() + 15
+        admitted = None
+        while admitted is None and time.monotonic() < deadline:
+            ws = await open_socket(pool, pool["b"], "bob")
+            try:
+                await ws.send('{"type": "ping"}')
+                if json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}:
+                    admitted = ws
+            except ConnectionClosed:
+                await asyncio.sleep(0.5)
+        assert admitted is not None, "slots of the crashed process never expired"
+        await admitted.close()
+    finally:
+        for ws in held:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        pool["a"].start()
+
+
+async def test_anonymous_and_cross_origin_handshakes_are_refused_by_a_real_server(pool):
+    with pytest.raises(InvalidStatus) as anonymous:
+        await ws_connect(f"ws://127.0.0.1:{pool['b'].port}/ws/notifications/", origin="http://127.0.0.1")
+    assert anonymous.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as foreign:
+        await ws_connect(f"ws://127.0.0.1:{pool['b'].port}/ws/live/", origin="https://evil.example")
+    assert foreign.value.response.status_code == 403
+
+
+async def test_an_idle_socket_outlives_the_redis_timeouts_and_still_receives(pool):
+    """redis-py 8's default 5 s socket timeout would kill this socket after ~5 s idle."""
+    async with open_socket(pool, pool["b"], "carol") as ws:
+        await asyncio.sleep(16)
+        await asyncio.to_thread(manage, pool["env"], "notify", "carol", "after a long silence")
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert message["message"] == "after a long silence"
+    log = (pool["workdir"] / f"daphne-{pool['b'].port}.log").read_text()
+    assert "TimeoutError" not in log
