@@ -18,8 +18,19 @@ from .system import HarnessError, log, run
 
 SUITE = "bookworm"
 PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3", "sudo",
-    "ca-certificates", "iproute2", "procps", "iputils-ping", "netbase", "less",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libpam-systemd",
+    "openssh-server",
+    "python3",
+    "sudo",
+    "ca-certificates",
+    "iproute2",
+    "procps",
+    "iputils-ping",
+    "netbase",
+    "less",
 )
 # The account Ansible logs in as, with passwordless sudo, as on a cloud image.
 ADMIN_USER = "admin"
@@ -72,8 +83,10 @@ def ensure_base(cfg: Config) -> tuple[Path, float | None]:
         if building.exists():
             shutil.rmtree(building)
         log(f"building base image {target.name} with debootstrap ({SUITE}); this is done once")
-        proc = run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                    SUITE, str(building), cfg.mirror], check=False)
+        proc = run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), cfg.mirror],
+            check=False,
+        )
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise HarnessError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")

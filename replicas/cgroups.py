@@ -5,16 +5,14 @@ in the same cgroup, and each container's systemd takes that cgroup as its
 root: ten containers would then share one tree, race on creating units
 (seen: systemd-remount-fs failing with status 219/CGROUP) and could kill each
 other's same-named services. So each replica is moved, before nspawn starts,
-into ``channels-replicas/<host>`` in every hierarchy systemd uses: the named
-``systemd`` v1 hierarchy and cgroup2, whichever this host mounts.
+into ``channels-replicas-<bridge>/<host>`` in every hierarchy systemd uses:
+the named ``systemd`` v1 hierarchy and cgroup2, whichever this host mounts.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-PARENT = "channels-replicas"
 
 
 def hierarchies(mounts_file: str = "/proc/mounts") -> list[Path]:
@@ -27,12 +25,12 @@ def hierarchies(mounts_file: str = "/proc/mounts") -> list[Path]:
     return found
 
 
-def replica_dirs(name: str) -> list[Path]:
-    return [h / PARENT / name for h in hierarchies()]
+def replica_dirs(parent: str, name: str) -> list[Path]:
+    return [h / parent / name for h in hierarchies()]
 
 
-def prepare(name: str) -> list[Path]:
-    dirs = replica_dirs(name)
+def prepare(parent: str, name: str) -> list[Path]:
+    dirs = replica_dirs(parent, name)
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     return dirs
@@ -45,10 +43,10 @@ def enter(dirs: list[Path]) -> None:
             fh.write("0")
 
 
-def remove(name: str | None = None) -> None:
-    """Remove a replica's cgroups (or all of the harness's), deepest first; busy ones stay."""
+def remove(parent: str, name: str | None = None) -> None:
+    """Remove a replica's cgroups (or all of this harness's), deepest first; busy ones stay."""
     for h in hierarchies():
-        top = h / PARENT / name if name else h / PARENT
+        top = h / parent / name if name else h / parent
         if not top.is_dir():
             continue
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):

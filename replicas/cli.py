@@ -16,15 +16,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m replicas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build the base image if needed, boot every host, write the inventory")
-    up.add_argument("--topology", default=os.environ.get("REPLICAS_TOPOLOGY", "scaled"),
-                    help="topology name in topologies/ or a YAML path (default: scaled)")
+    up.add_argument(
+        "--topology",
+        default=os.environ.get("REPLICAS_TOPOLOGY", "scaled"),
+        help="topology name in topologies/ or a YAML path (default: scaled)",
+    )
     sub.add_parser("down", help="stop every replica and remove all the harness made")
     sub.add_parser("status", help="list the replicas and their systemd state")
     ssh = sub.add_parser("ssh", help="open a root shell on HOST, or run CMD there")
     ssh.add_argument("host")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
-    for name, text in (("reset", "recreate HOST from the base image"),
-                       ("start", "boot a stopped HOST")):
+    for name, text in (("reset", "recreate HOST from the base image"), ("start", "boot a stopped HOST")):
         sub.add_parser(name, help=text).add_argument("host")
     stop = sub.add_parser("stop", help="power HOST off (its disk is kept)")
     stop.add_argument("host")
@@ -45,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             if not rows:
                 print("no replicas are up")
             for r in rows:
-                print(f"{r['host']:<8} {r['address']:<15} {r['groups']:<32} "
-                      f"pid={r['pid'] or '-':<8} {r['system']}")
+                print(f"{r['host']:<8} {r['address']:<15} {r['groups']:<32} pid={r['pid'] or '-':<8} {r['system']}")
         elif args.command == "ssh":
             return harness.ssh(args.host, args.cmd)
         elif args.command == "reset":

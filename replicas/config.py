@@ -22,10 +22,17 @@ class Config:
     cache_dir: Path
     inventory_path: Path
     mirror: str
-    # nftables table owned by the harness; its name is its mark of ownership.
-    nft_table: str = "channels_replicas"
     # Written into the bridge's ifalias: a bridge without it is not ours.
     bridge_alias: str = "channels-replicas"
+
+    @property
+    def nft_table(self) -> str:
+        """nftables table owned by this harness instance; its name is its mark of ownership."""
+        return f"channels_replicas_{self.bridge.replace('-', '_')}"
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"channels-replicas-{self.bridge}"
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:

@@ -47,13 +47,25 @@ class Harness:
     # -- ssh -----------------------------------------------------------------
     def ssh_argv(self, address: str, *, user: str = "root", tty: bool = False) -> list[str]:
         return [
-            "ssh", "-i", str(self.cfg.ssh_key), "-o", f"UserKnownHostsFile={self.cfg.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=3",
-            "-o", "LogLevel=ERROR", *(["-t"] if tty else []), f"{user}@{address}",
+            "ssh",
+            "-i",
+            str(self.cfg.ssh_key),
+            "-o",
+            f"UserKnownHostsFile={self.cfg.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            "-o",
+            "LogLevel=ERROR",
+            *(["-t"] if tty else []),
+            f"{user}@{address}",
         ]
 
     def run_on(self, h: Host, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        argv = self.ssh_argv(str(h.address(self.cfg.subnet))) + [command]
+        argv = [*self.ssh_argv(str(h.address(self.cfg.subnet))), command]
         try:
             return subprocess.run(argv, text=True, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -64,15 +76,14 @@ class Harness:
         cfg = self.cfg
         topo = load(topology_name)
         topo.check_fits(cfg.subnet)
+        network.check_no_clash(cfg)
         state = self.load_state()
         base_path, build_seconds = base.ensure_base(cfg)
-        wanted = {"topology": topo.name, "subnet": str(cfg.subnet), "bridge": cfg.bridge,
-                  "base": str(base_path)}
+        wanted = {"topology": topo.name, "subnet": str(cfg.subnet), "bridge": cfg.bridge, "base": str(base_path)}
         if state and any(state.get(k) != v for k, v in wanted.items()):
             log("replicas from another topology, network or base image exist: taking them down first")
             self.down()
             state = {}
-        network.check_no_clash(cfg)
         self._ensure_key()
         state.update(wanted)
         if "ip_forward_before" not in state:
@@ -110,8 +121,7 @@ class Harness:
     def _ensure_key(self) -> None:
         if not self.cfg.ssh_key.exists():
             self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "replicas",
-                 "-f", str(self.cfg.ssh_key)])
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "replicas", "-f", str(self.cfg.ssh_key)])
 
     def _boot(self, topo: Topology, h: Host, base_path: Path, state: dict) -> None:
         cfg = self.cfg
@@ -159,11 +169,8 @@ class Harness:
         if res.stdout.strip() == "running":
             return None
         failed = self.run_on(h, "systemctl --failed --no-legend --plain | awk '{print $1}'").stdout.split()
-        journals = "".join(
-            self.run_on(h, f"journalctl -u {unit} -n 20 --no-pager").stdout for unit in failed
-        )
-        return (f"{h.name}: system is {res.stdout.strip() or res.stderr.strip()!r}; "
-                f"failed units: {failed}\n{journals}")
+        journals = "".join(self.run_on(h, f"journalctl -u {unit} -n 20 --no-pager").stdout for unit in failed)
+        return f"{h.name}: system is {res.stdout.strip() or res.stderr.strip()!r}; failed units: {failed}\n{journals}"
 
     def memory_per_host(self, topo: Topology) -> dict[str, float]:
         """Proportional memory (PSS) of every process in each replica's PID namespace."""
@@ -182,8 +189,10 @@ class Harness:
             print(f"  booted {len(report['booted'])} hosts to 'running' in {report['boot_seconds']:.1f} s")
         mem = report["idle_memory_mib"]
         if mem:
-            print(f"  idle memory per host: {min(mem.values()):.0f}-{max(mem.values()):.0f} MiB PSS "
-                  f"(total {sum(mem.values()):.0f} MiB)")
+            print(
+                f"  idle memory per host: {min(mem.values()):.0f}-{max(mem.values()):.0f} MiB PSS "
+                f"(total {sum(mem.values()):.0f} MiB)"
+            )
         print(f"  inventory: {self.cfg.inventory_path}")
 
     # -- down ----------------------------------------------------------------
@@ -191,9 +200,7 @@ class Harness:
         cfg = self.cfg
         state = self.load_state()
         hosts_dir = cfg.state_dir / "hosts"
-        names = set(state.get("hosts", {})) | (
-            {d.name for d in hosts_dir.iterdir()} if hosts_dir.is_dir() else set()
-        )
+        names = set(state.get("hosts", {})) | ({d.name for d in hosts_dir.iterdir()} if hosts_dir.is_dir() else set())
         for name in sorted(names):
             p = host.paths(cfg, name)
             host.stop(p)
@@ -205,7 +212,7 @@ class Harness:
         for pid in nspawn_pids_for(cfg.state_dir):
             os.kill(pid, 9)
         umount_all(cfg.state_dir)
-        cgroups.remove()
+        cgroups.remove(cfg.cgroup_parent)
         network.remove_nft(cfg)
         network.remove_bridge(cfg)
         network.restore_forwarding(state.get("ip_forward_before"))
@@ -259,9 +266,15 @@ class Harness:
             pid = state["hosts"].get(h.name, {}).get("pid")
             running = host.is_running(pid, p)
             system = self.run_on(h, "systemctl is-system-running", timeout=10).stdout.strip() if running else "-"
-            rows.append({"host": h.name, "address": str(h.address(self.cfg.subnet)),
-                         "groups": ",".join(h.groups), "pid": pid if running else None,
-                         "system": system or "unreachable"})
+            rows.append(
+                {
+                    "host": h.name,
+                    "address": str(h.address(self.cfg.subnet)),
+                    "groups": ",".join(h.groups),
+                    "pid": pid if running else None,
+                    "system": system or "unreachable",
+                }
+            )
         return rows
 
     def ssh(self, name: str, command: list[str]) -> int:

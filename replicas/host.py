@@ -81,8 +81,17 @@ def mount(cfg: Config, base: Path, p: Paths) -> bool:
     if fresh:
         seed_apt_cache(cfg, p)
     if not is_mounted(p):
-        run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={base},upperdir={p.upper},workdir={p.work}", str(p.merged)])
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={base},upperdir={p.upper},workdir={p.work}",
+                str(p.merged),
+            ]
+        )
     return fresh
 
 
@@ -196,16 +205,30 @@ def boot(cfg: Config, host: Host, p: Paths) -> int:
     pip_cache(cfg).mkdir(parents=True, exist_ok=True)
     os.chmod(pip_cache(cfg), 0o1777)
     cmd = [
-        "systemd-nspawn", "--boot", "--register=no", "--keep-unit",
-        f"--network-bridge={cfg.bridge}", f"--directory={p.merged}", f"--machine={host.name}",
-        "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
+        "systemd-nspawn",
+        "--boot",
+        "--register=no",
+        "--keep-unit",
+        f"--network-bridge={cfg.bridge}",
+        f"--directory={p.merged}",
+        f"--machine={host.name}",
+        "--resolv-conf=off",
+        "--timezone=off",
+        "--link-journal=no",
+        "--console=read-only",
         f"--bind={pip_cache(cfg)}:/var/cache/pip",
     ]
-    cgroups.remove(host.name)
-    own_cgroups = cgroups.prepare(host.name)
+    cgroups.remove(cfg.cgroup_parent, host.name)
+    own_cgroups = cgroups.prepare(cfg.cgroup_parent, host.name)
     logfile = open(p.log, "ab")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=lambda: cgroups.enter(own_cgroups))
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=logfile,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: cgroups.enter(own_cgroups),
+    )
     logfile.close()
     return proc.pid
 

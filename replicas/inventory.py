@@ -17,15 +17,11 @@ def render(cfg: Config, topo: Topology) -> str:
                 "ansible_become": True,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "ansible_ssh_private_key_file": str(cfg.ssh_key),
-                "ansible_ssh_common_args": (
-                    f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes"
-                ),
+                "ansible_ssh_common_args": (f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes"),
                 "replicas_topology": topo.name,
             },
             "hosts": {h.name: {"ansible_host": str(h.address(cfg.subnet))} for h in topo.hosts},
-            "children": {
-                group: {"hosts": {h.name: None for h in topo.group(group)}} for group in GROUPS
-            },
+            "children": {group: {"hosts": {h.name: None for h in topo.group(group)}} for group in GROUPS},
         }
     }
     header = (

@@ -26,8 +26,7 @@ def find_clashes(cfg: Config, links: list[dict], addrs: list[dict], routes: list
     ours = next((link for link in links if link.get("ifname") == cfg.bridge), None)
     if ours is not None and ours.get("ifalias") != cfg.bridge_alias:
         problems.append(
-            f"interface {cfg.bridge} exists and was not made by the harness "
-            f"(set REPLICAS_BRIDGE to another name)"
+            f"interface {cfg.bridge} exists and was not made by the harness (set REPLICAS_BRIDGE to another name)"
         )
     for iface in addrs:
         if iface.get("ifname") == cfg.bridge and ours is not None and ours.get("ifalias") == cfg.bridge_alias:
@@ -54,8 +53,9 @@ def find_clashes(cfg: Config, links: list[dict], addrs: list[dict], routes: list
 
 
 def check_no_clash(cfg: Config) -> None:
-    problems = find_clashes(cfg, ip_json("link", "show"), ip_json("addr", "show"),
-                            ip_json("route", "show", "table", "all"))
+    problems = find_clashes(
+        cfg, ip_json("link", "show"), ip_json("addr", "show"), ip_json("route", "show", "table", "all")
+    )
     if problems:
         raise HarnessError("refusing to start:\n  - " + "\n  - ".join(problems))
 
@@ -69,8 +69,12 @@ def ensure_bridge(cfg: Config) -> None:
         log(f"creating bridge {cfg.bridge} with {cfg.gateway}/{cfg.subnet.prefixlen}")
         run(["ip", "link", "add", cfg.bridge, "type", "bridge"])
         run(["ip", "link", "set", cfg.bridge, "alias", cfg.bridge_alias])
-    have = {a["local"] for i in ip_json("addr", "show", "dev", cfg.bridge)
-            for a in i.get("addr_info", []) if a.get("family") == "inet"}
+    have = {
+        a["local"]
+        for i in ip_json("addr", "show", "dev", cfg.bridge)
+        for a in i.get("addr_info", [])
+        if a.get("family") == "inet"
+    }
     if str(cfg.gateway) not in have:
         run(["ip", "addr", "add", f"{cfg.gateway}/{cfg.subnet.prefixlen}", "dev", cfg.bridge])
     run(["ip", "link", "set", cfg.bridge, "up"])

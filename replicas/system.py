@@ -13,11 +13,18 @@ class HarnessError(RuntimeError):
     """A failure the operator can act on; its message says what to do."""
 
 
-def run(cmd: list[str], *, check: bool = True, capture: bool = True, input: str | None = None,
-        timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, check=False, text=True, input=input, timeout=timeout,
-                          stdout=subprocess.PIPE if capture else None,
-                          stderr=subprocess.PIPE if capture else None)
+def run(
+    cmd: list[str], *, check: bool = True, capture: bool = True, input: str | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        cmd,
+        check=False,
+        text=True,
+        input=input,
+        timeout=timeout,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+    )
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout or "").strip() if capture else ""
         raise HarnessError(f"`{' '.join(cmd)}` failed with exit {proc.returncode}: {detail}")

@@ -54,8 +54,7 @@ class Topology:
         for host in self.hosts:
             if not 2 <= host.index <= usable:
                 raise TopologyError(
-                    f"host {host.name}: index {host.index} does not fit subnet {subnet} "
-                    f"(2..{usable}; .1 is the bridge)"
+                    f"host {host.name}: index {host.index} does not fit subnet {subnet} (2..{usable}; .1 is the bridge)"
                 )
 
 
@@ -72,16 +71,12 @@ def _parse(data: object, source: str) -> Topology:
         if not isinstance(index, int) or isinstance(index, bool):
             raise TopologyError(f"{source}: host {host_name}: 'index' must be an integer")
         if index in seen_index:
-            raise TopologyError(
-                f"{source}: hosts {seen_index[index]} and {host_name} share index {index}"
-            )
+            raise TopologyError(f"{source}: hosts {seen_index[index]} and {host_name} share index {index}")
         seen_index[index] = host_name
         groups = spec.get("groups") or []
         unknown = sorted(set(groups) - set(GROUPS))
         if unknown or not groups:
-            raise TopologyError(
-                f"{source}: host {host_name}: groups {groups} must be a non-empty subset of {GROUPS}"
-            )
+            raise TopologyError(f"{source}: host {host_name}: groups {groups} must be a non-empty subset of {GROUPS}")
         if not str(host_name).replace("-", "").isalnum() or len(str(host_name)) > 11:
             # nspawn names the host side of the veth "vb-<name>", at most 15 characters.
             raise TopologyError(f"{source}: host name {host_name!r} must be alphanumeric, at most 11 characters")

@@ -1,0 +1,97 @@
+"""The whole test suite, as `./stack test` runs it (and CI, through .ci/run).
+
+Stages run in order and stop at the first failing stage, so a broken lint or
+unit test costs seconds, not a replica boot:
+
+  1. fast    lint (ruff, yamllint, ansible-lint), the app's tests, unit tests
+  2. replicas  tests on the container replicas (one shared stack per run)
+
+Whatever happens, the replicas are brought down at the end. The last line
+sums every pytest run: "N passed, N failed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+REPORTS = ROOT / ".replicas-reports"
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def step(name: str, argv: list[str], cwd: Path = ROOT) -> bool:
+    print(f"\n=== {name}: {' '.join(argv)}", flush=True)
+    started = time.monotonic()
+    ok = subprocess.run(argv, cwd=cwd, env=env(), check=False).returncode == 0
+    print(f"=== {name}: {'ok' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s", flush=True)
+    return ok
+
+
+def pytest(name: str, args: list[str], cwd: Path = ROOT) -> bool:
+    report = REPORTS / f"{name}.xml"
+    return step(name, [str(VENV_BIN / "pytest"), f"--junitxml={report}", *args], cwd=cwd)
+
+
+def totals() -> tuple[int, int, int]:
+    passed = failed = skipped = 0
+    for report in sorted(REPORTS.glob("*.xml")):
+        for suite in ET.parse(report).getroot().iter("testsuite"):
+            tests, skip = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+            bad = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+            passed += tests - skip - bad
+            failed += bad
+            skipped += skip
+    return passed, failed, skipped
+
+
+def fast_stage() -> list[bool]:
+    return [
+        step("ruff", [str(VENV_BIN / "ruff"), "check", "."]),
+        step("ruff (app)", [str(VENV_BIN / "ruff"), "check", "."], cwd=ROOT / "app"),
+        step("yamllint", [str(VENV_BIN / "yamllint"), "--strict", "."]),
+        step("ansible-lint", [str(VENV_BIN / "ansible-lint"), "ansible"]),
+        pytest("app", ["-q"], cwd=ROOT / "app"),
+        pytest("unit", ["-q", "tests/unit"]),
+    ]
+
+
+def replica_stage() -> list[bool]:
+    try:
+        return [pytest("replicas", ["-q", "tests/replicas"])]
+    finally:
+        # The session fixture brings the stack down too; this covers a killed pytest.
+        step("replicas down", [str(VENV_BIN / "python"), "-m", "replicas", "down"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fast", action="store_true", help="only the fast stage (no replicas)")
+    args = parser.parse_args()
+    REPORTS.mkdir(exist_ok=True)
+    for old in REPORTS.glob("*.xml"):
+        old.unlink()
+    started = time.monotonic()
+    results = fast_stage()
+    if all(results) and not args.fast:
+        results += replica_stage()
+    elif not all(results):
+        print("\n=== replica tests not run: the fast stage failed", flush=True)
+    passed, failed, skipped = totals()
+    print(f"\n=== suite finished in {time.monotonic() - started:.0f} s; stages ok: {sum(results)}/{len(results)}")
+    line = f"{passed} passed, {failed} failed"
+    print(line + (f", {skipped} skipped" if skipped else ""))
+    return 0 if all(results) and failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
