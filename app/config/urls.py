@@ -1,5 +1,7 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import path
 
 from notifications.views import notifications_api
@@ -17,3 +19,7 @@ urlpatterns = [
     path("metrics", ops_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]
+
+if settings.DEBUG:
+    # Development only (daphne or gunicorn started by hand); nginx serves /static/ in production.
+    urlpatterns += staticfiles_urlpatterns()
