@@ -1,10 +1,19 @@
-"""One replica stack per test run, shared by every test that needs one, always brought down."""
+"""One replica stack per test run, shared by every test that needs one, always brought down.
+
+Files run in name order: test_blueprint_* (on the converged stack) before
+test_harness.py, whose drills reboot, reset and finally remove the hosts.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
+import testinfra
 
 from replicas.config import from_env
 from replicas.harness import Harness
@@ -39,3 +48,61 @@ def on(stack):
         return stack["harness"].run_on(stack["topology"].host(host), command, timeout=timeout)
 
     return run
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ansible_playbook(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0"}
+    return subprocess.run(
+        ["ansible-playbook", *args],
+        cwd=ROOT / "ansible",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP as {host: {"ok": n, "changed": n, "failed": n, ...}}."""
+    hosts = {}
+    for line in output.split("PLAY RECAP")[-1].splitlines():
+        match = re.match(r"^(\S+)\s+:\s+(.*)$", line)
+        if match:
+            hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    return hosts
+
+
+@pytest.fixture(scope="session")
+def converged(stack):
+    """site.yml applied once to the fresh stack; the run's time is printed, not asserted."""
+    started = time.monotonic()
+    result = ansible_playbook("site.yml")
+    seconds = time.monotonic() - started
+    print(f"\nfirst converge of site.yml: {seconds:.0f} s")
+    summary = recap(result.stdout)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert set(summary) == {h.name for h in stack["topology"].hosts}
+    return {"seconds": seconds, "recap": summary}
+
+
+@pytest.fixture(scope="session")
+def hosts(stack):
+    """testinfra hosts over the harness's SSH (root, pinned host keys)."""
+    cfg = stack["harness"].cfg
+    extra = f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes"
+    return {
+        h.name: testinfra.get_host(
+            f"ssh://root@{h.address(cfg.subnet)}", ssh_identity_file=str(cfg.ssh_key), ssh_extra_args=extra
+        )
+        for h in stack["topology"].hosts
+    }
+
+
+@pytest.fixture(scope="session")
+def secrets():
+    folder = ROOT / "ansible" / ".secrets" / "replicas"
+    return {p.name: p.read_text().strip() for p in folder.iterdir()}

@@ -75,20 +75,17 @@ def test_ansible_reaches_every_host_and_sees_systemd(stack):
     )
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert ping.stdout.count("SUCCESS") == len(stack["topology"].hosts)
-    play = subprocess.run(
-        ["ansible-playbook", "site.yml"],
+    facts = subprocess.run(
+        ["ansible", "all", "-m", "ansible.builtin.setup", "-a", "filter=ansible_service_mgr", "-o"],
         cwd=ROOT / "ansible",
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,
         check=False,
     )
-    assert play.returncode == 0, play.stdout[-3000:] + play.stderr[-2000:]
-    for h in stack["topology"].hosts:
-        assert f"{h.name} " in play.stdout.split("PLAY RECAP")[1]
-    assert "failed=1" not in play.stdout
-    assert "unreachable=1" not in play.stdout
+    assert facts.returncode == 0, facts.stdout + facts.stderr
+    assert facts.stdout.count('"ansible_service_mgr": "systemd"') == len(stack["topology"].hosts)
 
 
 def test_stop_takes_a_host_away_and_start_brings_it_back(stack, on):
