@@ -25,12 +25,13 @@ def hierarchies(mounts_file: str = "/proc/mounts") -> list[Path]:
     return found
 
 
-def replica_dirs(parent: str, name: str) -> list[Path]:
-    return [h / parent / name for h in hierarchies()]
+def replica_dirs(parent: str, name: str, boot: str) -> list[Path]:
+    return [h / parent / name / boot for h in hierarchies()]
 
 
-def prepare(parent: str, name: str) -> list[Path]:
-    dirs = replica_dirs(parent, name)
+def prepare(parent: str, name: str, boot: str) -> list[Path]:
+    """A new cgroup per boot: a killed predecessor's cgroup may not be empty yet."""
+    dirs = replica_dirs(parent, name, boot)
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     return dirs

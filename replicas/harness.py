@@ -157,7 +157,8 @@ class Harness:
         deadline = time.monotonic() + BOOT_TIMEOUT
         while True:
             if not host.is_running(pid, p):
-                tail = p.log.read_text(errors="replace").splitlines()[-20:] if p.log.exists() else []
+                lines = [line for line in p.log.read_text(errors="replace").splitlines() if line.strip()]
+                tail = lines[-25:]
                 return f"{h.name}: systemd-nspawn exited; console:\n    " + "\n    ".join(tail)
             if self.run_on(h, "true", timeout=10).returncode == 0:
                 break

@@ -218,8 +218,9 @@ def boot(cfg: Config, host: Host, p: Paths) -> int:
         "--console=read-only",
         f"--bind={pip_cache(cfg)}:/var/cache/pip",
     ]
+    wait_for_veth_gone(host.name)
     cgroups.remove(cfg.cgroup_parent, host.name)
-    own_cgroups = cgroups.prepare(cfg.cgroup_parent, host.name)
+    own_cgroups = cgroups.prepare(cfg.cgroup_parent, host.name, f"boot-{time.time_ns()}")
     logfile = open(p.log, "ab")
     proc = subprocess.Popen(
         cmd,
@@ -231,6 +232,19 @@ def boot(cfg: Config, host: Host, p: Paths) -> int:
     )
     logfile.close()
     return proc.pid
+
+
+def wait_for_veth_gone(name: str, timeout: float = 5.0) -> None:
+    """The host side of a killed container's veth lingers while its namespace is torn down;
+    a new nspawn for the same host cannot create it until then."""
+    veth = f"vb-{name}"
+    deadline = time.monotonic() + timeout
+    while run(["ip", "link", "show", veth], check=False).returncode == 0:
+        if time.monotonic() > deadline:
+            log(f"{name}: removing the lingering {veth}")
+            run(["ip", "link", "del", veth], check=False)
+            return
+        time.sleep(0.2)
 
 
 def container_pids(p: Paths) -> list[int]:

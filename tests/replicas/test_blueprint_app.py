@@ -1,0 +1,98 @@
+"""Host state of the app tier, as an SRE checks it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "RestrictSUIDSGID": "yes",
+    "CapabilityBoundingSet": "",
+}
+
+
+def private(stack, name: str) -> str:
+    return str(stack["topology"].host(name).address(stack["harness"].cfg.subnet))
+
+
+def assert_hardened(unit, user: str):
+    props = unit.systemd_properties
+    for key, value in HARDENING.items():
+        # systemctl show leaves empty values out (an empty bounding set: no capabilities at all).
+        assert props.get(key, "") == value, (key, props.get(key))
+    assert props["User"] == user
+
+
+@pytest.mark.parametrize("name", ["http1", "http2"])
+def test_gunicorn_serves_on_the_private_address_hardened(converged, hosts, stack, name):
+    host = hosts[name]
+    unit = host.service("gunicorn")
+    assert unit.is_enabled
+    assert unit.is_running
+    assert_hardened(unit, "gunicorn")
+    assert host.socket(f"tcp://{private(stack, name)}:8000").is_listening
+    assert not host.socket("tcp://0.0.0.0:8000").is_listening
+    assert host.run("curl -sf http://%s:8000/healthz", private(stack, name)).stdout == '{"status": "ok"}'
+
+
+@pytest.mark.parametrize("name", ["ws1", "ws2"])
+def test_one_daphne_per_cpu_each_on_its_port(converged, hosts, stack, name):
+    host = hosts[name]
+    cpus = int(host.run("nproc").stdout)
+    for port in range(8001, 8001 + cpus):
+        unit = host.service(f"daphne@{port}")
+        assert unit.is_enabled
+        assert unit.is_running
+        assert_hardened(unit, "daphne")
+        assert host.socket(f"tcp://{private(stack, name)}:{port}").is_listening
+        pid = unit.systemd_properties["MainPID"]
+        limits = host.file(f"/proc/{pid}/limits").content_string
+        nofile = re.search(r"Max open files\s+(\d+)", limits).group(1)
+        print(f"\n{name} daphne@{port}: open-files limit really granted: {nofile}")
+        assert int(nofile) >= 10000
+    assert not host.service(f"daphne@{8001 + cpus}").is_running
+
+
+@pytest.mark.parametrize("name", ["http1", "ws1"])
+def test_secrets_are_readable_by_root_and_the_service_group_only(converged, hosts, name):
+    env = hosts[name].file("/etc/channels/app.env")
+    assert env.user == "root"
+    assert env.group == "channels"
+    assert env.mode == 0o640
+    assert "DJANGO_SECRET_KEY=" in env.content_string
+    for unit in ("gunicorn", "daphne@8001"):
+        if hosts[name].exists("systemctl") and unit.split("@")[0] in hosts[name].run("ls /etc/systemd/system").stdout:
+            environment = hosts[name].service(unit).systemd_properties.get("Environment", "")
+            assert "PASSWORD" not in environment
+            assert "SECRET" not in environment
+
+
+def test_the_manage_command_runs_as_the_app_user(converged, hosts):
+    out = hosts["http1"].run("channels-manage showmigrations orders")
+    assert out.rc == 0, out.stderr
+    assert "[X] 0001_initial" in out.stdout
+    whoami = hosts["ws1"].run("channels-manage shell --no-imports -c 'import os; print(os.getuid())'")
+    assert whoami.stdout.strip().splitlines()[-1] == hosts["ws1"].run("id -u channels").stdout.strip()
+
+
+def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, hosts):
+    lb = hosts["lb1"]
+    assert lb.service("nginx").is_running
+    assert lb.service("nginx").is_enabled
+    assert lb.run("nginx -t").rc == 0
+    assert lb.socket("tcp://0.0.0.0:443").is_listening
+    assert lb.socket("tcp://0.0.0.0:80").is_listening
+    assert lb.socket("tcp://127.0.0.1:8088").is_listening
+    assert "Active connections" in lb.run("curl -s http://127.0.0.1:8088/stub_status").stdout
+    key = lb.file("/etc/nginx/tls/channels.key")
+    assert key.mode == 0o600
+    site = lb.file("/etc/nginx/sites-enabled/channels.conf").content_string
+    upstream = re.search(r"upstream channels_ws \{(.*?)\}", site, re.S).group(1)
+    assert "least_conn" in upstream
+    assert len(re.findall(r"server 10\.77\.0\.3[12]:80\d\d", upstream)) >= 4

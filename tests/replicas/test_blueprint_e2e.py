@@ -1,0 +1,132 @@
+"""End to end from the controller, as users reach the stack: through nginx over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+
+@pytest.fixture(scope="module")
+def site(converged, stack, hosts, secrets, tmp_path_factory):
+    """The lb's URL, a TLS context trusting its certificate, and a logged-in admin session."""
+    cfg = stack["harness"].cfg
+    lb = str(stack["topology"].host("lb1").address(cfg.subnet))
+    cafile = tmp_path_factory.mktemp("tls") / "lb.crt"
+    cafile.write_text(hosts["lb1"].file("/etc/nginx/tls/channels.crt").content_string)
+    context = ssl.create_default_context(cafile=str(cafile))
+    base = f"https://{lb}"
+    client = httpx.Client(base_url=base, verify=context, timeout=20)
+    form = client.get("/accounts/login/")
+    assert form.status_code == 200
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    login = client.post(
+        "/accounts/login/",
+        headers={"Referer": f"{base}/accounts/login/"},
+        data={"username": "admin", "password": secrets["app_admin_password"], "csrfmiddlewaretoken": token},
+    )
+    assert login.status_code == 302, login.text[:500]
+    page = client.get("/")
+    user_id = int(re.search(r'data-user-id="(\d+)"', page.text).group(1))
+    yield {
+        "base": base,
+        "ws": f"wss://{lb}",
+        "ssl": context,
+        "client": client,
+        "user_id": user_id,
+        "session": client.cookies["sessionid"],
+        "token": secrets["app_notify_api_token"],
+    }
+    client.close()
+
+
+def open_ws(site, path: str, *, session: bool = True, origin: str | None = None):
+    headers = {"Cookie": f"sessionid={site['session']}"} if session else {}
+    return ws_connect(
+        f"{site['ws']}{path}",
+        ssl=site["ssl"],
+        origin=origin or site["base"],
+        additional_headers=headers,
+        open_timeout=10,
+    )
+
+
+def test_http_goes_to_https_and_metrics_are_never_proxied(site):
+    plain = httpx.get(site["base"].replace("https", "http") + "/healthz", follow_redirects=False)
+    assert plain.status_code == 301
+    assert plain.headers["location"] == f"{site['base']}/healthz"
+    assert site["client"].get("/metrics").status_code == 404
+    assert site["client"].get("/static/realtime/socket.js").status_code == 200
+    ready = site["client"].get("/readyz").json()
+    assert ready["status"] == "ok", ready
+    assert ready["checks"]["channel_layer"]["backend"] == "RedisChannelLayer"
+
+
+async def test_a_notification_posted_to_the_http_pool_reaches_the_socket(site):
+    async with open_ws(site, "/ws/notifications/") as ws:
+        response = await asyncio.to_thread(
+            site["client"].post,
+            "/api/notifications/",
+            json={"user_id": site["user_id"], "message": "through the whole stack"},
+            headers={"Authorization": f"Bearer {site['token']}"},
+        )
+        assert response.status_code == 202
+        message = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert message["type"] == "notification"
+        assert message["message"] == "through the whole stack"
+
+
+async def test_anonymous_and_cross_origin_handshakes_are_refused(site):
+    with pytest.raises(InvalidStatus) as anonymous:
+        await open_ws(site, "/ws/notifications/", session=False)
+    assert anonymous.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as foreign:
+        await open_ws(site, "/ws/notifications/", origin="https://evil.example")
+    assert foreign.value.response.status_code == 403
+
+
+async def test_the_fourth_socket_of_a_user_is_refused_across_hosts(site):
+    held = [await open_ws(site, "/ws/notifications/") for _ in range(3)]
+    try:
+        fourth = await open_ws(site, "/ws/notifications/")
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(fourth.recv(), 10)
+        assert closed.value.rcvd.code == 4429
+    finally:
+        for ws in held:
+            await ws.close()
+
+
+def instance_gauges(hosts, stack) -> dict[str, float]:
+    """websocket_connections{consumer="live"} of every daphne instance, scraped from the monitoring host."""
+    cfg = stack["harness"].cfg
+    values = {}
+    for h in stack["topology"].group("ws"):
+        address = h.address(cfg.subnet)
+        ports = hosts[h.name].run("systemctl list-units --plain --no-legend 'daphne@*.service'").stdout
+        for port in re.findall(r"daphne@(\d+)\.service", ports):
+            scrape = hosts["mon1"].run("curl -sf http://%s:%s/metrics", str(address), port)
+            assert scrape.rc == 0, scrape.stderr
+            match = re.search(r'^websocket_connections\{consumer="live"\} (\S+)$', scrape.stdout, re.M)
+            values[f"{h.name}:{port}"] = float(match.group(1)) if match else 0.0
+    return values
+
+
+async def test_forty_sockets_spread_over_every_daphne_instance_of_both_hosts(site, hosts, stack):
+    sockets = [await open_ws(site, "/ws/live/", session=False) for _ in range(40)]
+    try:
+        gauges = await asyncio.to_thread(instance_gauges, hosts, stack)
+        print(f"\nlive sockets per daphne instance: {gauges}")
+        assert sum(gauges.values()) == 40
+        assert len(gauges) >= 2 * len(stack["topology"].group("ws"))
+        assert all(value > 0 for value in gauges.values()), gauges
+        assert {name.split(":")[0] for name in gauges} == {h.name for h in stack["topology"].group("ws")}
+    finally:
+        for ws in sockets:
+            await ws.close()
