@@ -39,29 +39,21 @@ class Env:
         return default
 
     def int(self, name: str, default: int, minimum: int | None = None) -> int:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            self.error(f"{name}={value!r} is not an integer")
-            return default
-        if minimum is not None and number < minimum:
-            self.error(f"{name}={number} must be at least {minimum}")
-            return default
-        return number
+        return self._number(name, default, int, "an integer", minimum)
 
     def float(self, name: str, default: float, minimum: float = 0.0) -> float:
+        return self._number(name, default, float, "a number", minimum)
+
+    def _number(self, name, default, cast, kind: str, minimum):
         value = self.raw(name)
         if value is None:
             return default
         try:
-            number = float(value)
+            number = cast(value)
         except ValueError:
-            self.error(f"{name}={value!r} is not a number")
+            self.error(f"{name}={value!r} is not {kind}")
             return default
-        if number < minimum:
+        if minimum is not None and number < minimum:
             self.error(f"{name}={number} must be at least {minimum}")
             return default
         return number

@@ -53,17 +53,16 @@ def on(stack):
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def ansible_playbook(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+def ansible(command: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """An Ansible command (ansible, ansible-playbook) from the venv, run in ansible/."""
     env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0"}
     return subprocess.run(
-        ["ansible-playbook", *args],
-        cwd=ROOT / "ansible",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        [command, *args], cwd=ROOT / "ansible", env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def ansible_playbook(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    return ansible("ansible-playbook", *args, timeout=timeout)
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:

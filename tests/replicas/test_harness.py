@@ -17,8 +17,8 @@ from replicas import network
 from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.system import HarnessError, mounts_under, nspawn_pids_for
+from tests.replicas.conftest import ansible
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_host_runs_systemd_under_its_own_name_and_address(stack, on):
@@ -63,27 +63,10 @@ def test_controller_reaches_each_host_over_ssh_with_a_pinned_host_key(stack):
 
 
 def test_ansible_reaches_every_host_and_sees_systemd(stack):
-    env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}"}
-    ping = subprocess.run(
-        ["ansible", "all", "-m", "ansible.builtin.ping", "-o"],
-        cwd=ROOT / "ansible",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    ping = ansible("ansible", "all", "-m", "ansible.builtin.ping", "-o", timeout=300)
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert ping.stdout.count("SUCCESS") == len(stack["topology"].hosts)
-    facts = subprocess.run(
-        ["ansible", "all", "-m", "ansible.builtin.setup", "-a", "filter=ansible_service_mgr", "-o"],
-        cwd=ROOT / "ansible",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    facts = ansible("ansible", "all", "-m", "ansible.builtin.setup", "-a", "filter=ansible_service_mgr", "-o")
     assert facts.returncode == 0, facts.stdout + facts.stderr
     assert facts.stdout.count('"ansible_service_mgr": "systemd"') == len(stack["topology"].hosts)
 
