@@ -20,7 +20,6 @@ from replicas.system import HarnessError, mounts_under, nspawn_pids_for
 from tests.replicas.conftest import ansible
 
 
-
 def test_every_host_runs_systemd_under_its_own_name_and_address(stack, on):
     cfg = stack["harness"].cfg
     for h in stack["topology"].hosts:
