@@ -230,7 +230,7 @@ class Harness:
         p = host.paths(self.cfg, name)
         host.stop(p, kill=kill)
         host.unmount(p)
-        state["hosts"].get(name, {})["pid"] = None
+        state.setdefault("hosts", {}).setdefault(name, {})["pid"] = None
         self.save_state(state)
 
     def start(self, name: str) -> None:

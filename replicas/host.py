@@ -14,7 +14,7 @@ from pathlib import Path
 from . import cgroups
 from .base import ADMIN_USER
 from .config import Config
-from .system import HarnessError, log, mounts_under, nspawn_pids_for, pid_cmdline, run, umount_all
+from .system import HarnessError, ip_json, log, mounts_under, nspawn_pids_for, pid_cmdline, run, umount_all
 from .topology import Host, Topology
 
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
@@ -196,7 +196,8 @@ def _ids(root: Path, user: str) -> tuple[int, int]:
     raise HarnessError(f"user {user} missing from the base image")
 
 
-def host_public_key(p: Paths) -> str:
+def host_public_key(p: Paths) -> list[str]:
+    """[key type, base64 key] of the replica's SSH host key."""
     return (p.merged / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
 
 
@@ -218,7 +219,7 @@ def boot(cfg: Config, host: Host, p: Paths) -> int:
         "--console=read-only",
         f"--bind={pip_cache(cfg)}:/var/cache/pip",
     ]
-    wait_for_veth_gone(host.name)
+    wait_for_veth_gone(cfg, host.name)
     cgroups.remove(cfg.cgroup_parent, host.name)
     own_cgroups = cgroups.prepare(cfg.cgroup_parent, host.name, f"boot-{time.time_ns()}")
     logfile = open(p.log, "ab")
@@ -234,12 +235,15 @@ def boot(cfg: Config, host: Host, p: Paths) -> int:
     return proc.pid
 
 
-def wait_for_veth_gone(name: str, timeout: float = 5.0) -> None:
+def wait_for_veth_gone(cfg: Config, name: str, timeout: float = 5.0) -> None:
     """The host side of a killed container's veth lingers while its namespace is torn down;
-    a new nspawn for the same host cannot create it until then."""
+    a new nspawn for the same host cannot create it until then. Only a veth on our own
+    bridge is ours to remove."""
     veth = f"vb-{name}"
     deadline = time.monotonic() + timeout
-    while run(["ip", "link", "show", veth], check=False).returncode == 0:
+    while links := [link for link in ip_json("link", "show") if link.get("ifname") == veth]:
+        if links[0].get("master") != cfg.bridge:
+            raise HarnessError(f"{name}: interface {veth} exists outside bridge {cfg.bridge}; not touching it")
         if time.monotonic() > deadline:
             log(f"{name}: removing the lingering {veth}")
             run(["ip", "link", "del", veth], check=False)
