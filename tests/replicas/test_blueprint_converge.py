@@ -18,3 +18,12 @@ def test_a_second_run_changes_nothing(converged):
     assert result.returncode == 0, result.stdout[-4000:]
     changed = {host: r["changed"] for host, r in recap(result.stdout).items() if r["changed"]}
     assert changed == {}, result.stdout[-6000:]
+
+
+def test_check_mode_on_the_converged_stack_reports_no_change_and_no_error(converged):
+    result = ansible_playbook("site.yml", "--check", "--diff")
+    assert result.returncode == 0, result.stdout[-4000:]
+    summary = recap(result.stdout)
+    assert all(r["failed"] == 0 for r in summary.values()), result.stdout[-4000:]
+    changed = {host: r["changed"] for host, r in summary.items() if r["changed"]}
+    assert changed == {}, result.stdout[-6000:]
