@@ -1,0 +1,48 @@
+"""deploy.yml rolls a new app version out, one host at a time, without restarting gunicorn."""
+
+from __future__ import annotations
+
+import shutil
+
+from tests.replicas.conftest import ROOT, ansible_playbook, recap
+
+APP_HOSTS = ["http1", "http2", "ws1", "ws2"]
+MARKER = "<!-- rolled out by deploy.yml -->"
+
+
+def current_release(host) -> str:
+    return host.run("readlink -f /opt/channels/current").stdout.strip()
+
+
+def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tmp_path):
+    before = {name: current_release(hosts[name]) for name in APP_HOSTS}
+    assert len(set(before.values())) == 1
+    masters = {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in ("http1", "http2")}
+
+    source = tmp_path / "app"
+    shutil.copytree(ROOT / "app", source, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "staticfiles"))
+    page = source / "realtime" / "templates" / "realtime" / "home.html"
+    # Inside the content block: a child template renders nothing outside its blocks.
+    page.write_text(page.read_text().replace('<section id="live">', MARKER + '\n<section id="live">', 1))
+    assert MARKER in page.read_text()
+
+    result = ansible_playbook("deploy.yml", "-e", f"app_source_path={source}")
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert all(r["failed"] == 0 for r in recap(result.stdout).values())
+    # serial: 1 means one batch per host: every pool's play ran once per host.
+    assert result.stdout.count("PLAY [Roll the HTTP pool, one host at a time]") == 2
+    assert result.stdout.count("PLAY [Roll the WebSocket pool, one host at a time]") == 2
+
+    after = {name: current_release(hosts[name]) for name in APP_HOSTS}
+    assert len(set(after.values())) == 1
+    assert set(after.values()) != set(before.values())
+    # gunicorn took the new code with a graceful reload: its master never restarted.
+    assert {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in masters} == masters
+    cfg = stack["harness"].cfg
+    lb = str(stack["topology"].host("lb1").address(cfg.subnet))
+    served = hosts["lb1"].run("curl -sfk https://%s/", lb)
+    assert served.rc == 0, served.stderr
+    assert MARKER in served.stdout
+    for name in ("ws1", "ws2"):
+        active = hosts[name].run("systemctl list-units --state=active --plain --no-legend 'daphne@*'").stdout
+        assert len(active.splitlines()) == int(hosts[name].run("nproc").stdout)
