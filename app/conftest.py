@@ -2,7 +2,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from testing import RedisServer, redis_settings, session_headers
+from testing import RedisServer, redis_settings, session_headers, url_spec
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def redis_server():
 def redis_layer(redis_server, settings):
     """The channel layer and the app's Redis clients on the real redis-server."""
     redis_server.cli("FLUSHALL")
-    for name, value in redis_settings(redis_server.url).items():
+    for name, value in redis_settings(url_spec(redis_server.url)).items():
         setattr(settings, name, value)
     yield redis_server
     get_channel_layer()  # the manager re-creates the layer from settings on change

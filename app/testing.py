@@ -73,20 +73,16 @@ class RedisServer:
         return out.stdout.strip()
 
 
-def redis_settings(url: str) -> dict:
-    """settings overrides that put the channel layer and the app's Redis on url."""
-    from config.redis import layer_host
+def url_spec(url: str) -> dict:
+    """A Redis spec (as settings.REDIS holds it) for one server at url."""
+    return {"mode": "url", "url": url, "socket_timeout": 10.0, "retry_seconds": 20.0}
 
-    spec = {"mode": "url", "url": url, "socket_timeout": 10.0, "retry_seconds": 20.0}
-    return {
-        "REDIS": spec,
-        "CHANNEL_LAYERS": {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [layer_host(spec)], "capacity": 1500, "expiry": 10},
-            }
-        },
-    }
+
+def redis_settings(spec: dict) -> dict:
+    """settings overrides that put the channel layer and the app's own Redis clients on spec."""
+    from config.redis import channel_layer
+
+    return {"REDIS": spec, "CHANNEL_LAYERS": {"default": channel_layer(spec, capacity=1500, expiry=10)}}
 
 
 def session_headers(user) -> list[tuple[bytes, bytes]]:

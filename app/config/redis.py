@@ -149,6 +149,14 @@ def layer_host(spec: dict) -> dict:
     return host
 
 
+def channel_layer(spec: dict, **options) -> dict:
+    """The CHANNEL_LAYERS entry for a Redis spec: channels_redis with one hosts entry."""
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [layer_host(spec)], **options},
+    }
+
+
 def parse_sentinels(value: list[str]) -> list[tuple[str, int]]:
     sentinels = []
     for item in value:

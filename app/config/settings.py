@@ -148,16 +148,13 @@ if REDIS is None:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 else:
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [redis_conf.layer_host(REDIS)],
-                "capacity": env.int("CHANNEL_LAYER_CAPACITY", 1500, minimum=1),
-                "expiry": env.int("CHANNEL_LAYER_EXPIRY", 10, minimum=1),
-                "group_expiry": env.int("CHANNEL_LAYER_GROUP_EXPIRY", 86400, minimum=60),
-                "prefix": env.str("CHANNEL_LAYER_PREFIX", "asgi"),
-            },
-        }
+        "default": redis_conf.channel_layer(
+            REDIS,
+            capacity=env.int("CHANNEL_LAYER_CAPACITY", 1500, minimum=1),
+            expiry=env.int("CHANNEL_LAYER_EXPIRY", 10, minimum=1),
+            group_expiry=env.int("CHANNEL_LAYER_GROUP_EXPIRY", 86400, minimum=60),
+            prefix=env.str("CHANNEL_LAYER_PREFIX", "asgi"),
+        )
     }
 
 # --- WebSocket behaviour --------------------------------------------------------

@@ -5,7 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from testing import RedisServer, redis_settings
+from testing import RedisServer, redis_settings, url_spec
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,7 +38,7 @@ async def test_readyz_checks_the_real_redis(async_client, redis_layer):
 async def test_readyz_is_503_when_redis_stops(async_client, settings):
     server = RedisServer().start()
     try:
-        for name, value in redis_settings(server.url).items():
+        for name, value in redis_settings(url_spec(server.url)).items():
             setattr(settings, name, value)
         settings.READYZ_TIMEOUT = 1.0
         assert (await async_client.get("/readyz")).status_code == 200

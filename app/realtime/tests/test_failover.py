@@ -12,9 +12,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels_redis.core import RedisChannelLayer
 
-from config.redis import layer_host
 from notifications.services import event, group_name
-from testing import RedisServer, connect, session_headers
+from testing import RedisServer, connect, redis_settings, session_headers
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 MASTER = "channels"
@@ -67,9 +66,9 @@ async def test_open_socket_survives_a_failover_and_receives_from_the_new_master(
         "socket_timeout": 10.0,
         "retry_seconds": 20.0,
     }
-    config = {"hosts": [layer_host(spec)], "expiry": 10}
-    settings.REDIS = spec
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": config}}
+    for name, value in redis_settings(spec).items():
+        setattr(settings, name, value)
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
     communicator, accepted, _ = await connect("/ws/notifications/", await sync_to_async(session_headers)(user))
     assert accepted
     other_process = RedisChannelLayer(**config)
