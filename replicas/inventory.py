@@ -19,6 +19,8 @@ def render(cfg: Config, topo: Topology) -> str:
                 "ansible_ssh_private_key_file": str(cfg.ssh_key),
                 "ansible_ssh_common_args": (f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes"),
                 "replicas_topology": topo.name,
+                # The address the controller reaches the hosts from (SSH is opened to it).
+                "replicas_controller_address": str(cfg.gateway),
             },
             "hosts": {h.name: {"ansible_host": str(h.address(cfg.subnet))} for h in topo.hosts},
             "children": {group: {"hosts": {h.name: None for h in topo.group(group)}} for group in GROUPS},

@@ -19,6 +19,57 @@ from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.topology import load
 
+# The topology under test: scaled by default, REPLICAS_TOPOLOGY=all-in-one for
+# the single-host stack (see the README). Tests read hosts and groups from it.
+TOPOLOGY_NAME = os.environ.get("REPLICAS_TOPOLOGY", "scaled")
+TOPOLOGY = load(TOPOLOGY_NAME)
+
+
+def names(group: str) -> list[str]:
+    """Host names of a group of the topology under test, in order."""
+    return [h.name for h in TOPOLOGY.group(group)]
+
+
+def first(group: str) -> str:
+    return names(group)[0]
+
+
+def unique(*groups: str) -> list[str]:
+    """Hosts of any of these groups, each once (all-in-one: one host is every group)."""
+    return list(dict.fromkeys(name for group in groups for name in names(group)))
+
+
+def redis_cli(host, password: str, *args: str, port: int = 6379):
+    return host.run(
+        "REDISCLI_AUTH=%s redis-cli -p %s --no-auth-warning " + " ".join(["%s"] * len(args)), password, str(port), *args
+    )
+
+
+def master_address(hosts, secrets, name: str) -> str:
+    """The master's address as the sentinel on host `name` names it."""
+    out = redis_cli(
+        hosts[name], secrets["redis_sentinel_password"], "SENTINEL", "get-master-addr-by-name", "channels", port=26379
+    )
+    assert out.rc == 0, out.stderr
+    return out.stdout.split()[0]
+
+
+def sentinel_failover(hosts, secrets) -> tuple[str, str]:
+    """SENTINEL FAILOVER, then wait until every sentinel names the new master: (old, new) addresses."""
+    redis_hosts = names("redis")
+    before = master_address(hosts, secrets, redis_hosts[0])
+    out = redis_cli(
+        hosts[redis_hosts[0]], secrets["redis_sentinel_password"], "SENTINEL", "FAILOVER", "channels", port=26379
+    )
+    assert out.stdout.strip() == "OK", out.stdout + out.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = {master_address(hosts, secrets, name) for name in redis_hosts}
+        if len(seen) == 1 and before not in seen:
+            return before, seen.pop()
+        time.sleep(1)
+    raise AssertionError(f"the failover did not happen: sentinels still name {seen}")
+
 
 def pytest_collection_modifyitems(items):
     # Tests marked `last` tear shared state down; everything else runs first.
@@ -32,10 +83,10 @@ def harness():
 
 @pytest.fixture(scope="session")
 def stack(harness):
-    """The scaled topology, up for the whole session; down at the end even on failure."""
+    """The topology under test, up for the whole session; down at the end even on failure."""
     try:
-        report = harness.up("scaled")
-        yield {"harness": harness, "topology": load("scaled"), "report": report}
+        report = harness.up(TOPOLOGY_NAME)
+        yield {"harness": harness, "topology": TOPOLOGY, "report": report}
     finally:
         harness.down()
 
