@@ -1,0 +1,186 @@
+"""The config templates, rendered by Ansible, pass their own tools' checks.
+
+nginx -t (Debian's nginx binary, unpacked into the harness's cache, never
+installed or started here), systemd-analyze verify and its offline security
+score on the units, nft --check on the firewall ruleset. Each check is also
+shown to fail on a broken file, so none of them can pass vacuously.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from replicas.config import from_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rendered")
+    env = {
+        **os.environ,
+        "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
+        "ANSIBLE_CONFIG": str(ROOT / "ansible/ansible.cfg"),
+    }
+    result = run(
+        ["ansible-playbook", "-i", "localhost,", "tests/render/render.yml", "-e", f"render_dir={out}"],
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def nginx_tree() -> Path:
+    """Debian's nginx and nginx-common unpacked (not installed) into the shared cache."""
+    tree = from_env().cache_dir / "tools" / "nginx"
+    if not (tree / "usr/sbin/nginx").exists():
+        staging = tree.with_name("nginx.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        download = run(["apt-get", "download", "nginx", "nginx-common"], cwd=staging)
+        assert download.returncode == 0, download.stderr
+        for deb in staging.glob("*.deb"):
+            unpacked = run(["dpkg-deb", "-x", str(deb), str(staging)])
+            assert unpacked.returncode == 0, unpacked.stderr
+            deb.unlink()
+        shutil.rmtree(tree, ignore_errors=True)
+        staging.rename(tree)
+    return tree
+
+
+def nginx_prefix(rendered: Path, nginx_tree: Path, prefix: Path, mutate=lambda text: text) -> Path:
+    """The rendered nginx config laid out under prefix, its absolute paths moved there."""
+    etc = prefix / "etc/nginx"
+    for folder in ("conf.d", "sites-enabled", "modules-enabled", "tls"):
+        (etc / folder).mkdir(parents=True, exist_ok=True)
+    for folder in ("log", "static", "lib"):
+        (prefix / folder).mkdir(exist_ok=True)
+    shutil.copy(nginx_tree / "etc/nginx/mime.types", etc)
+
+    def moved(text: str) -> str:
+        for old, new in (
+            ("/etc/nginx", str(etc)),
+            ("/var/log/nginx", str(prefix / "log")),
+            ("/run/nginx.pid", str(prefix / "nginx.pid")),
+            ("/var/www/channels/static", str(prefix / "static")),
+        ):
+            text = text.replace(old, new)
+        return mutate(text)
+
+    (etc / "nginx.conf").write_text(moved((rendered / "nginx.conf").read_text()))
+    (etc / "sites-enabled/channels.conf").write_text(moved((rendered / "channels.conf").read_text()))
+    # Debian's binary keeps its temporary files under /var/lib/nginx: keep them here.
+    temp_paths = "".join(
+        f"{kind}_temp_path {prefix / 'lib' / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (etc / "conf.d/temp-paths.conf").write_text(temp_paths)
+    made = run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=channels.example.org", "-days", "1",
+         "-keyout", str(etc / "tls/channels.key"), "-out", str(etc / "tls/channels.crt")]
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return etc / "nginx.conf"
+
+
+def nginx_t(nginx_tree: Path, conf: Path) -> subprocess.CompletedProcess[str]:
+    return run([str(nginx_tree / "usr/sbin/nginx"), "-t", "-q", "-e", "stderr", "-c", str(conf)])
+
+
+def test_nginx_accepts_the_rendered_configuration(rendered, nginx_tree, tmp_path):
+    result = nginx_t(nginx_tree, nginx_prefix(rendered, nginx_tree, tmp_path))
+    assert result.returncode == 0, result.stderr
+
+
+def test_nginx_check_catches_a_broken_configuration(rendered, nginx_tree, tmp_path):
+    conf = nginx_prefix(rendered, nginx_tree, tmp_path, mutate=lambda text: text.replace("least_conn;", "least_conns;"))
+    assert "least_conns" in (conf.parent / "sites-enabled/channels.conf").read_text()
+    result = nginx_t(nginx_tree, conf)
+    assert result.returncode != 0
+    assert "least_conns" in result.stderr
+
+
+def test_the_rendered_site_routes_as_designed(rendered):
+    site = (rendered / "channels.conf").read_text()
+    assert "map $http_upgrade $connection_upgrade" in site
+    ws_pool = site.split("upstream channels_ws", 1)[1].split("}", 1)[0]
+    assert "least_conn;" in ws_pool
+    assert ws_pool.count("server 10.77.0.3") == 4
+    assert "max_fails=" in ws_pool
+
+
+@pytest.fixture
+def systemd_root(rendered, tmp_path) -> Path:
+    """A root holding the rendered units, the distribution's units and stand-ins for the commands they run."""
+    units = tmp_path / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for unit in ("gunicorn.service", "daphne@.service"):
+        shutil.copy(rendered / unit, units)
+    shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
+    for unit in units.iterdir():
+        for line in unit.read_text().splitlines():
+            if line.startswith(("ExecStart=", "ExecReload=", "ExecStartPre=", "ExecStop=")):
+                command = tmp_path / line.split("=", 1)[1].lstrip("-+!@:").split()[0].lstrip("/")
+                command.parent.mkdir(parents=True, exist_ok=True)
+                command.write_text("#!/bin/sh\n")
+                command.chmod(0o755)
+    return tmp_path
+
+
+UNITS = ["gunicorn.service", "daphne@8001.service"]
+
+
+def verify(root: Path) -> subprocess.CompletedProcess[str]:
+    return run(["systemd-analyze", "verify", "--man=no", f"--root={root}", *UNITS])
+
+
+def test_systemd_analyze_verifies_the_rendered_units(systemd_root):
+    result = verify(systemd_root)
+    # Unknown keys are only warnings to systemd: any output at all fails here.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_systemd_verify_catches_a_misspelt_hardening_option(systemd_root):
+    unit = systemd_root / "etc/systemd/system/gunicorn.service"
+    unit.write_text(unit.read_text().replace("NoNewPrivileges=", "NoNewPrivilege="))
+    assert "Unknown key" in verify(systemd_root).stderr
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_are_hardened(systemd_root, unit):
+    # systemd's own exposure score (0 = locked down, 10 = unprotected): 4.0 or better.
+    result = run(["systemd-analyze", "security", "--offline=true", f"--root={systemd_root}", "--threshold=40", unit])
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Overall exposure level" in result.stdout
+
+
+def test_nft_accepts_the_rendered_ruleset(rendered):
+    result = run(["nft", "--check", "--file", str(rendered / "nftables.conf")])
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_ruleset_denies_by_default_and_opens_only_what_it_lists(rendered):
+    rules = (rendered / "nftables.conf").read_text()
+    assert "type filter hook input priority filter; policy drop;" in rules
+    assert "tcp dport 22 ip saddr { 10.77.0.1, 192.0.2.0/24 } accept" in rules
+    assert "tcp dport { 8001-8002 } ip saddr { 10.77.0.11, 10.77.0.61 } accept" in rules
+    # A flow without any source host opens nothing (nft rejects an empty set).
+    assert "5432" not in rules
+
+
+def test_nft_check_catches_a_broken_ruleset(rendered, tmp_path):
+    broken = tmp_path / "nftables.conf"
+    broken.write_text((rendered / "nftables.conf").read_text().replace("policy drop;", "policy dorp;"))
+    assert run(["nft", "--check", "--file", str(broken)]).returncode != 0
