@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from tests.replicas.conftest import first, names
+
 HARDENING = {
     "NoNewPrivileges": "yes",
     "ProtectSystem": "strict",
@@ -29,7 +31,7 @@ def assert_hardened(unit, user: str):
     assert props["User"] == user
 
 
-@pytest.mark.parametrize("name", ["http1", "http2"])
+@pytest.mark.parametrize("name", names("http"))
 def test_gunicorn_serves_on_the_private_address_hardened(converged, hosts, stack, name):
     host = hosts[name]
     unit = host.service("gunicorn")
@@ -41,7 +43,7 @@ def test_gunicorn_serves_on_the_private_address_hardened(converged, hosts, stack
     assert host.run("curl -sf http://%s:8000/healthz", private(stack, name)).stdout == '{"status": "ok"}'
 
 
-@pytest.mark.parametrize("name", ["ws1", "ws2"])
+@pytest.mark.parametrize("name", names("ws"))
 def test_one_daphne_per_cpu_each_on_its_port(converged, hosts, stack, name):
     host = hosts[name]
     cpus = int(host.run("nproc").stdout)
@@ -59,7 +61,7 @@ def test_one_daphne_per_cpu_each_on_its_port(converged, hosts, stack, name):
     assert not host.service(f"daphne@{8001 + cpus}").is_running
 
 
-@pytest.mark.parametrize("name", ["http1", "ws1"])
+@pytest.mark.parametrize("name", sorted({first("http"), first("ws")}))
 def test_secrets_are_readable_by_root_and_the_service_group_only(converged, hosts, name):
     env = hosts[name].file("/etc/channels/app.env")
     assert env.user == "root"
@@ -74,15 +76,16 @@ def test_secrets_are_readable_by_root_and_the_service_group_only(converged, host
 
 
 def test_the_manage_command_runs_as_the_app_user(converged, hosts):
-    out = hosts["http1"].run("channels-manage showmigrations orders")
+    out = hosts[first("http")].run("channels-manage showmigrations orders")
     assert out.rc == 0, out.stderr
     assert "[X] 0001_initial" in out.stdout
-    whoami = hosts["ws1"].run("channels-manage shell --no-imports -c 'import os; print(os.getuid())'")
-    assert whoami.stdout.strip().splitlines()[-1] == hosts["ws1"].run("id -u channels").stdout.strip()
+    ws = hosts[first("ws")]
+    whoami = ws.run("channels-manage shell --no-imports -c 'import os; print(os.getuid())'")
+    assert whoami.stdout.strip().splitlines()[-1] == ws.run("id -u channels").stdout.strip()
 
 
-def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, hosts):
-    lb = hosts["lb1"]
+def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, hosts, stack):
+    lb = hosts[first("lb")]
     assert lb.service("nginx").is_running
     assert lb.service("nginx").is_enabled
     assert lb.run("nginx -t").rc == 0
@@ -95,4 +98,11 @@ def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, 
     site = lb.file("/etc/nginx/sites-enabled/channels.conf").content_string
     upstream = re.search(r"upstream channels_ws \{(.*?)\}", site, re.S).group(1)
     assert "least_conn" in upstream
-    assert len(re.findall(r"server 10\.77\.0\.3[12]:80\d\d", upstream)) >= 4
+    # Every instance of every ws host, each once.
+    expected = {
+        f"{private(stack, name)}:{port}"
+        for name in names("ws")
+        for port in range(8001, 8001 + int(hosts[name].run("nproc").stdout))
+    }
+    listed = re.findall(r"server (\S+:\d+)", upstream)
+    assert sorted(listed) == sorted(expected)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 
-from tests.replicas.conftest import ROOT, ansible_playbook, recap
+from tests.replicas.conftest import ROOT, ansible_playbook, first, names, recap, unique
 
-APP_HOSTS = ["http1", "http2", "ws1", "ws2"]
+APP_HOSTS = unique("http", "ws")
 MARKER = "<!-- rolled out by deploy.yml -->"
 
 
@@ -17,7 +17,7 @@ def current_release(host) -> str:
 def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tmp_path):
     before = {name: current_release(hosts[name]) for name in APP_HOSTS}
     assert len(set(before.values())) == 1
-    masters = {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in ("http1", "http2")}
+    masters = {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in names("http")}
 
     source = tmp_path / "app"
     shutil.copytree(ROOT / "app", source, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "staticfiles"))
@@ -30,8 +30,8 @@ def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tm
     assert result.returncode == 0, result.stdout[-5000:]
     assert all(r["failed"] == 0 for r in recap(result.stdout).values())
     # serial: 1 means one batch per host: every pool's play ran once per host.
-    assert result.stdout.count("PLAY [Roll the HTTP pool, one host at a time]") == 2
-    assert result.stdout.count("PLAY [Roll the WebSocket pool, one host at a time]") == 2
+    assert result.stdout.count("PLAY [Roll the HTTP pool, one host at a time]") == len(names("http"))
+    assert result.stdout.count("PLAY [Roll the WebSocket pool, one host at a time]") == len(names("ws"))
 
     after = {name: current_release(hosts[name]) for name in APP_HOSTS}
     assert len(set(after.values())) == 1
@@ -39,10 +39,10 @@ def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tm
     # gunicorn took the new code with a graceful reload: its master never restarted.
     assert {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in masters} == masters
     cfg = stack["harness"].cfg
-    lb = str(stack["topology"].host("lb1").address(cfg.subnet))
-    served = hosts["lb1"].run("curl -sfk https://%s/", lb)
+    lb = str(stack["topology"].host(first("lb")).address(cfg.subnet))
+    served = hosts[first("lb")].run("curl -sfk https://%s/", lb)
     assert served.rc == 0, served.stderr
     assert MARKER in served.stdout
-    for name in ("ws1", "ws2"):
+    for name in names("ws"):
         active = hosts[name].run("systemctl list-units --state=active --plain --no-legend 'daphne@*'").stdout
         assert len(active.splitlines()) == int(hosts[name].run("nproc").stdout)

@@ -12,14 +12,16 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.replicas.conftest import first, names, sentinel_failover
+
 
 @pytest.fixture(scope="module")
 def site(converged, stack, hosts, secrets, tmp_path_factory):
     """The lb's URL, a TLS context trusting its certificate, and a logged-in admin session."""
     cfg = stack["harness"].cfg
-    lb = str(stack["topology"].host("lb1").address(cfg.subnet))
+    lb = str(stack["topology"].host(first("lb")).address(cfg.subnet))
     cafile = tmp_path_factory.mktemp("tls") / "lb.crt"
-    cafile.write_text(hosts["lb1"].file("/etc/nginx/tls/channels.crt").content_string)
+    cafile.write_text(hosts[first("lb")].file("/etc/nginx/tls/channels.crt").content_string)
     context = ssl.create_default_context(cafile=str(cafile))
     base = f"https://{lb}"
     client = httpx.Client(base_url=base, verify=context, timeout=20)
@@ -111,7 +113,7 @@ def instance_gauges(hosts, stack) -> dict[str, float]:
         address = h.address(cfg.subnet)
         ports = hosts[h.name].run("systemctl list-units --plain --no-legend 'daphne@*.service'").stdout
         for port in re.findall(r"daphne@(\d+)\.service", ports):
-            scrape = hosts["mon1"].run("curl -sf http://%s:%s/metrics", str(address), port)
+            scrape = hosts[first("monitoring")].run("curl -sf http://%s:%s/metrics", str(address), port)
             assert scrape.rc == 0, scrape.stderr
             match = re.search(r'^websocket_connections\{consumer="live"\} (\S+)$', scrape.stdout, re.M)
             values[f"{h.name}:{port}"] = float(match.group(1)) if match else 0.0
@@ -130,3 +132,20 @@ async def test_forty_sockets_spread_over_every_daphne_instance_of_both_hosts(sit
     finally:
         for ws in sockets:
             await ws.close()
+
+
+@pytest.mark.skipif(len(names("redis")) < 2, reason="a single Redis host has no replica to fail over to")
+async def test_a_sentinel_failover_keeps_sockets_open_and_notifications_flowing(site, hosts, secrets):
+    async with open_ws(site, "/ws/notifications/") as ws:
+        old, new = await asyncio.to_thread(sentinel_failover, hosts, secrets)
+        print(f"\nfailover: master {old} -> {new}")
+        response = await asyncio.to_thread(
+            site["client"].post,
+            "/api/notifications/",
+            json={"user_id": site["user_id"], "message": "after the failover"},
+            headers={"Authorization": f"Bearer {site['token']}"},
+        )
+        assert response.status_code == 202, response.text
+        # The socket opened before the failover is still open and receives it.
+        message = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert message["message"] == "after the failover"
