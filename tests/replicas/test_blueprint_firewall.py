@@ -21,6 +21,12 @@ FLOWS = {
     ("redis", 6379): {"http", "ws", "redis", "monitoring"},
     ("redis", 26379): {"http", "ws", "redis", "monitoring"},
     ("db", 5432): {"http", "ws", "monitoring"},
+    # Exporters answer Prometheus only.
+    ("ws", 9100): {"monitoring"},
+    ("lb", 9113): {"monitoring"},
+    ("redis", 9121): {"monitoring"},
+    ("redis", 9355): {"monitoring"},
+    ("db", 9187): {"monitoring"},
 }
 
 

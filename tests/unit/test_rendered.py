@@ -8,14 +8,13 @@ shown to fail on a broken file, so none of them can pass vacuously.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from replicas.config import from_env
+from tests.debtools import unpacked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,39 +24,8 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="session")
-def rendered(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rendered")
-    env = {
-        **os.environ,
-        "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
-        "ANSIBLE_CONFIG": str(ROOT / "ansible/ansible.cfg"),
-    }
-    result = run(
-        ["ansible-playbook", "-i", "localhost,", "tests/render/render.yml", "-e", f"render_dir={out}"],
-        cwd=ROOT,
-        env=env,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    return out
-
-
-@pytest.fixture(scope="session")
 def nginx_tree() -> Path:
-    """Debian's nginx and nginx-common unpacked (not installed) into the shared cache."""
-    tree = from_env().cache_dir / "tools" / "nginx"
-    if not (tree / "usr/sbin/nginx").exists():
-        staging = tree.with_name("nginx.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        download = run(["apt-get", "download", "nginx", "nginx-common"], cwd=staging)
-        assert download.returncode == 0, download.stderr
-        for deb in staging.glob("*.deb"):
-            unpacked = run(["dpkg-deb", "-x", str(deb), str(staging)])
-            assert unpacked.returncode == 0, unpacked.stderr
-            deb.unlink()
-        shutil.rmtree(tree, ignore_errors=True)
-        staging.rename(tree)
-    return tree
+    return unpacked("nginx", "nginx-common")
 
 
 def nginx_prefix(rendered: Path, nginx_tree: Path, prefix: Path, mutate=lambda text: text) -> Path:

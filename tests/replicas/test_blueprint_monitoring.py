@@ -1,0 +1,125 @@
+"""Monitoring on the live stack: every expected target up, the WebSocket gauge following real
+sockets, and a stopped daphne instance raising its alert at Alertmanager, then resolving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.replicas.conftest import first, names
+from tests.replicas.test_blueprint_e2e import open_ws, site  # noqa: F401  (the logged-in site fixture)
+
+SCRAPE_INTERVAL = 5  # prometheus_scrape_interval in the replicas' inventory
+
+
+def expected_targets(hosts) -> set[tuple[str, str, int]]:
+    """(job, host, port) for every target, from the topology's groups alone."""
+    jobs = {
+        ("prometheus", "monitoring", 9090), ("alertmanager", "monitoring", 9093), ("nginx", "lb", 9113),
+        ("redis", "redis", 9121), ("sentinel", "redis", 9355), ("postgres", "db", 9187), ("gunicorn", "http", 8000),
+    }  # fmt: skip
+    expected = {(job, host, port) for job, group, port in jobs for host in names(group)}
+    expected |= {("node", host, 9100) for host in hosts}
+    for host in names("ws"):
+        cpus = int(hosts[host].run("nproc").stdout)
+        expected |= {("daphne", host, port) for port in range(8001, 8001 + cpus)}
+    return expected
+
+
+@pytest.fixture(scope="module")
+def prom(converged, hosts, stack):
+    """query(path) -> JSON of Prometheus's or Alertmanager's HTTP API, asked on the monitoring host."""
+    mon = hosts[first("monitoring")]
+    address = str(stack["topology"].host(first("monitoring")).address(stack["harness"].cfg.subnet))
+
+    def query(path: str, port: int = 9090) -> dict:
+        out = mon.run("curl -sf %s", f"http://{address}:{port}{path}")
+        assert out.rc == 0, out.stderr
+        return json.loads(out.stdout)
+
+    return query
+
+
+def wait_for(check, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def test_monitoring_services_run_where_intended(converged, hosts, stack):
+    mon = hosts[first("monitoring")]
+    address = str(stack["topology"].host(first("monitoring")).address(stack["harness"].cfg.subnet))
+    for unit, port in (("prometheus", 9090), ("prometheus-alertmanager", 9093), ("prometheus-node-exporter", 9100)):
+        assert mon.service(unit).is_enabled, unit
+        assert mon.service(unit).is_running, unit
+        assert mon.socket(f"tcp://{address}:{port}").is_listening, unit
+        assert not mon.socket(f"tcp://0.0.0.0:{port}").is_listening, unit
+    assert mon.file("/etc/default/prometheus").contains("--storage.tsdb.retention.time=2d")
+    for name in names("redis"):
+        env = hosts[name].file("/etc/default/prometheus-redis-exporter")
+        assert (env.user, env.group, env.mode) == ("root", "prometheus", 0o640)
+
+
+def test_prometheus_has_exactly_the_expected_targets_all_up(prom, hosts):
+    def targets():
+        active = prom("/api/v1/targets")["data"]["activeTargets"]
+        return {
+            (t["labels"]["job"], t["labels"]["host"], int(t["scrapeUrl"].split(":")[2].split("/")[0])): t
+            for t in active
+        }
+
+    expected = expected_targets(hosts)
+    seen = wait_for(lambda: (lambda t: t if all(v["health"] == "up" for v in t.values()) else None)(targets()), 60)
+    seen = seen or targets()
+    assert set(seen) == expected
+    down = {key: t["lastError"] for key, t in seen.items() if t["health"] != "up"}
+    assert not down, down
+
+
+async def test_the_websocket_gauge_follows_real_sockets(prom, site):  # noqa: F811
+    def total() -> float:
+        result = prom("/api/v1/query?query=sum(websocket_connections)")["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    baseline = await asyncio.to_thread(total)
+    count = 12
+    sockets = [await open_ws(site, "/ws/live/", session=False) for _ in range(count)]
+    try:
+        reached = await asyncio.to_thread(wait_for, lambda: total() == baseline + count, 2 * SCRAPE_INTERVAL + 2)
+        assert reached, f"sum(websocket_connections) = {total()}, expected {baseline + count}"
+    finally:
+        for ws in sockets:
+            await ws.close()
+    back = await asyncio.to_thread(wait_for, lambda: total() == baseline, 2 * SCRAPE_INTERVAL + 2)
+    assert back, f"sum(websocket_connections) = {total()} after closing, expected {baseline}"
+
+
+def test_a_stopped_daphne_instance_alerts_and_resolves(prom, hosts, stack):
+    ws = first("ws")
+    instance = f"{stack['topology'].host(ws).address(stack['harness'].cfg.subnet)}:8002"
+
+    def at_alertmanager():
+        alerts = prom("/api/v2/alerts?filter=alertname%3D%22DaphneInstanceDown%22", port=9093)
+        return [a for a in alerts if a["labels"].get("instance") == instance and a["status"]["state"] == "active"]
+
+    assert not at_alertmanager()
+    hosts[ws].run("systemctl stop daphne@8002")
+    try:
+        fired = wait_for(at_alertmanager, 90, every=2)
+        assert fired, "DaphneInstanceDown never reached Alertmanager"
+        assert fired[0]["labels"]["severity"] == "critical"
+        assert fired[0]["labels"]["host"] == ws
+    finally:
+        hosts[ws].run("systemctl start daphne@8002")
+
+    def resolved():
+        rules = prom("/api/v1/alerts")["data"]["alerts"]
+        return not any(a["labels"].get("instance") == instance for a in rules) and not at_alertmanager()
+
+    assert wait_for(resolved, 90, every=2), "DaphneInstanceDown did not resolve after the restart"
