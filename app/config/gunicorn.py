@@ -23,6 +23,13 @@ def on_starting(server) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
+def post_worker_init(worker) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from ops.metrics import HTTP_WORKERS
+
+        HTTP_WORKERS.set(1)
+
+
 def child_exit(server, worker) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

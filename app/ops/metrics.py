@@ -29,6 +29,8 @@ GROUP_SEND_SECONDS = Histogram(
 )
 LAYER_ERRORS = Counter("channel_layer_errors", "Channel layer operations that failed.", ["operation"])
 
+# 1 in every live gunicorn worker: summed, the pool's live workers.
+HTTP_WORKERS = Gauge("gunicorn_workers", "Live gunicorn workers.", multiprocess_mode="livesum")
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests served.", ["view", "method", "status"])
 HTTP_LATENCY = Histogram(
     "http_request_duration_seconds",
@@ -36,3 +38,12 @@ HTTP_LATENCY = Histogram(
     ["view", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+# Label values known up front are exported from the start, at 0: an error or
+# rejection rate then reads 0 instead of "no data" until the first one.
+for _operation in ("group_send", "group_discard"):
+    LAYER_ERRORS.labels(_operation)
+for _consumer in ("notifications", "orders", "live"):
+    for _reason in ("unauthenticated", "connection_limit"):
+        WS_REJECTED.labels(_consumer, _reason)
+WS_REJECTED.labels("not_found", "no_route")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from urllib.parse import quote
 
 import pytest
+import yaml
 
-from tests.replicas.conftest import first, names
+from tests.replicas.conftest import ROOT, first, names
 from tests.replicas.test_blueprint_e2e import open_ws, site  # noqa: F401  (the logged-in site fixture)
 
 SCRAPE_INTERVAL = 5  # prometheus_scrape_interval in the replicas' inventory
@@ -123,3 +125,72 @@ def test_a_stopped_daphne_instance_alerts_and_resolves(prom, hosts, stack):
         return not any(a["labels"].get("instance") == instance for a in rules) and not at_alertmanager()
 
     assert wait_for(resolved, 90, every=2), "DaphneInstanceDown did not resolve after the restart"
+
+
+def dashboards() -> dict[str, dict]:
+    folder = ROOT / "grafana" / "dashboards"
+    return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def test_grafana_provisioning_and_dashboards_are_laid_down(converged, hosts, secrets):
+    mon = hosts[first("monitoring")]
+    # The replicas cannot reach Grafana's repository (grafana_install: false): no server...
+    assert not mon.package("grafana").is_installed
+    # ...but everything it would load is in place, owned by it and unreadable by others.
+    for path in (
+        "/etc/default/grafana-server",
+        "/etc/grafana/provisioning/datasources/channels.yml",
+        "/etc/grafana/provisioning/dashboards/channels.yml",
+    ):
+        f = mon.file(path)
+        assert (f.user, f.group, f.mode) == ("root", "grafana", 0o640), path
+    env = mon.file("/etc/default/grafana-server").content_string
+    assert f"GF_SECURITY_ADMIN_PASSWORD={secrets['grafana_admin_password']}\n" in env
+    assert "GF_AUTH_ANONYMOUS_ENABLED=false\n" in env
+    datasource = yaml.safe_load(mon.file("/etc/grafana/provisioning/datasources/channels.yml").content_string)
+    prometheus = datasource["datasources"][0]
+    assert (prometheus["uid"], prometheus["type"]) == ("prometheus", "prometheus")
+    # The datasource URL answers, from the monitoring host, with Prometheus's API.
+    assert mon.run("curl -sf %s/-/ready", prometheus["url"]).rc == 0
+    provider = yaml.safe_load(mon.file("/etc/grafana/provisioning/dashboards/channels.yml").content_string)
+    folder = provider["providers"][0]["options"]["path"]
+    for name, board in dashboards().items():
+        assert json.loads(mon.file(f"{folder}/{name}").content_string) == board, name
+
+
+async def test_every_dashboard_panel_shows_live_data(prom, site):  # noqa: F811
+    # A short burst of real traffic: pages, sockets (one refused by the limit),
+    # notifications through the channel layer, client frames.
+    client = site["client"]
+    for _ in range(20):
+        await asyncio.to_thread(client.get, "/")
+    held = [await open_ws(site, "/ws/notifications/") for _ in range(3)]
+    try:
+        refused = await open_ws(site, "/ws/notifications/")
+        await asyncio.wait_for(refused.wait_closed(), 10)
+        for i in range(5):
+            await asyncio.to_thread(
+                client.post,
+                "/api/notifications/",
+                json={"user_id": site["user_id"], "message": f"burst {i}"},
+                headers={"Authorization": f"Bearer {site['token']}"},
+            )
+        for ws in held:
+            await asyncio.wait_for(ws.recv(), 10)
+            # Client frames too: the app's keep-alive ping.
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
+        await asyncio.sleep(3 * SCRAPE_INTERVAL)
+
+        empty = []
+        for name, board in dashboards().items():
+            for panel in board["panels"]:
+                for target in panel["targets"]:
+                    expr = target["expr"].replace("$__rate_interval", "1m")
+                    result = await asyncio.to_thread(prom, "/api/v1/query?query=" + quote(expr))
+                    if not result["data"]["result"]:
+                        empty.append(f"{name} / {panel['title']}: {expr}")
+        assert not empty, "panels without data:\n" + "\n".join(empty)
+    finally:
+        for ws in held:
+            await ws.close()

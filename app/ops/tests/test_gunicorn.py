@@ -27,6 +27,11 @@ def healthz_count(metrics: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def live_workers(metrics: str) -> float:
+    match = re.search(r"^gunicorn_workers (\S+)$", metrics, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 @pytest.fixture
 def gunicorn(tmp_path):
     metrics_dir = tmp_path / "prometheus"
@@ -80,3 +85,8 @@ def test_requests_over_several_workers_add_up_and_survive_a_worker_death(gunicor
     time.sleep(1.5)  # the master notices, runs child_exit (mark_process_dead), forks a new worker
     assert process.poll() is None
     assert healthz_count(get(port, "/metrics")) == 30  # a dead worker's counts are kept
+    # The killed worker's live gauge is gone; its replacement counts once it is up.
+    deadline = time.monotonic() + 15
+    while (workers := live_workers(get(port, "/metrics"))) != 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers == 3
