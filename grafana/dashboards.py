@@ -227,6 +227,19 @@ def nginx() -> Dashboard:
             ),
             panel(
                 TimeSeries,
+                "Proxied requests by pool",
+                (f"sum by (pool) (rate(nginx_upstream_requests_total[{RATE}]))", "{{pool}}"),
+                unit="reqps",
+            ),
+            panel(
+                TimeSeries,
+                "Upstream failures",
+                (f"sum by (pool) (rate(nginx_upstream_failures_total[{RATE}])) or vector(0)", "{{pool}}"),
+                unit="reqps",
+                description="Requests a backend answered with 502/503/504 or a timeout (mtail, nginx's upstream log).",
+            ),
+            panel(
+                TimeSeries,
                 "Accepted vs handled connections",
                 (f"sum(rate(nginx_connections_accepted[{RATE}]))", "accepted"),
                 (f"sum(rate(nginx_connections_handled[{RATE}]))", "handled"),

@@ -21,6 +21,7 @@ def expected_targets(hosts) -> set[tuple[str, str, int]]:
     """(job, host, port) for every target, from the topology's groups alone."""
     jobs = {
         ("prometheus", "monitoring", 9090), ("alertmanager", "monitoring", 9093), ("nginx", "lb", 9113),
+        ("mtail", "lb", 3903),
         ("redis", "redis", 9121), ("sentinel", "redis", 9355), ("postgres", "db", 9187), ("gunicorn", "http", 8000),
     }  # fmt: skip
     expected = {(job, host, port) for job, group, port in jobs for host in names(group)}
@@ -194,3 +195,24 @@ async def test_every_dashboard_panel_shows_live_data(prom, site):  # noqa: F811
     finally:
         for ws in held:
             await ws.close()
+
+
+def test_backends_failing_behind_nginx_are_counted(prom, hosts, site):  # noqa: F811
+    """With every gunicorn stopped, nginx answers 502: mtail counts upstream failures for the http pool."""
+
+    def failures() -> float:
+        result = prom('/api/v1/query?query=sum(nginx_upstream_failures_total{pool="http"})')["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    before = failures()
+    try:
+        for name in names("http"):
+            hosts[name].run("systemctl stop gunicorn")
+        statuses = [site["client"].get("/healthz").status_code for _ in range(5)]
+        assert set(statuses) == {502}, statuses
+    finally:
+        for name in names("http"):
+            hosts[name].run("systemctl start gunicorn")
+    assert wait_for(lambda: failures() >= before + 5, 3 * SCRAPE_INTERVAL), f"failures: {failures()}, before {before}"
+    # nginx takes the backends back once they answer again.
+    assert wait_for(lambda: site["client"].get("/healthz").status_code == 200, 60, every=2)
