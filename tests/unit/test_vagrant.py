@@ -1,0 +1,116 @@
+"""The Vagrantfile gives the topology source's hosts, groups and addresses, and Vagrant
+accepts it for both providers.
+
+The machines are read by loading the Vagrantfile in Ruby with a recording
+stand-in for Vagrant's config (vagrant_plan.rb): no VM, no box. VirtualBox is
+not installed here, so its provider block is validated with a stand-in
+VBoxManage that only reports a version.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from replicas.topology import load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def vagrant_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    # Vagrant keeps its state in VAGRANT_HOME and .vagrant: both out of the checkout's way.
+    return {
+        **os.environ,
+        "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
+        "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"),
+        **extra,
+    }
+
+
+def plan(tmp_path: Path, **extra: str) -> dict:
+    result = subprocess.run(
+        ["ruby", str(ROOT / "tests/unit/vagrant_plan.rb"), str(ROOT / "Vagrantfile")],
+        cwd=ROOT, env=vagrant_env(tmp_path, **extra), capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def machines(config: dict) -> dict[str, dict]:
+    return {m["args"][0]: m["value"] for m in config["vm"]["define"]["_each"]}
+
+
+@pytest.mark.parametrize("topology", ["scaled", "all-in-one"])
+def test_the_machines_are_the_topology_hosts_with_their_addresses(tmp_path, topology):
+    topo = load(topology)
+    defined = machines(plan(tmp_path, CHANNELS_TOPOLOGY=topology))
+    assert list(defined) == [h.name for h in topo.hosts]
+    subnet = ipaddress.ip_network("10.77.0.0/24")
+    for host in topo.hosts:
+        network = defined[host.name]["vm"]["network"]["_each"]
+        assert [(n["args"][0], n["kwargs"]["ip"]) for n in network] == [("private_network", str(host.address(subnet)))]
+        assert defined[host.name]["vm"]["hostname"] == host.name
+
+
+@pytest.mark.parametrize("topology", ["scaled", "all-in-one"])
+def test_one_ansible_run_over_all_machines_with_the_topology_groups(tmp_path, topology):
+    topo = load(topology)
+    defined = machines(plan(tmp_path, CHANNELS_TOPOLOGY=topology))
+    provisioners = {name: m["vm"]["provision"]["_each"] for name, m in defined.items() if "provision" in m["vm"]}
+    # Only the last machine provisions, once every machine is up, with limit "all".
+    assert list(provisioners) == [topo.hosts[-1].name]
+    (ansible,) = provisioners[topo.hosts[-1].name]
+    settings = ansible["value"]
+    assert ansible["args"] == ["ansible"]
+    assert settings["playbook"] == "ansible/site.yml"
+    assert settings["limit"] == "all"
+    assert settings["groups"] == {group: [h.name for h in topo.group(group)] for group in settings["groups"]}
+    assert set(settings["groups"]) == {"lb", "http", "ws", "redis", "db", "monitoring"}
+    assert settings["raw_arguments"][-1].endswith("ansible/inventories/vagrant/vars.yml")
+
+
+def test_memory_and_cpus_per_group_are_settings(tmp_path):
+    defined = machines(plan(tmp_path, CHANNELS_MEMORY_WS="3072", CHANNELS_CPUS_WS="4"))
+    providers = {p["args"][0]: p["value"] for p in defined["ws1"]["vm"]["provider"]["_each"]}
+    assert (providers["libvirt"]["memory"], providers["libvirt"]["cpus"]) == (3072, 4)
+    assert (providers["virtualbox"]["memory"], providers["virtualbox"]["cpus"]) == (3072, 4)
+    # A host in several groups gets the largest of its groups' sizes.
+    aio = machines(plan(tmp_path, CHANNELS_TOPOLOGY="all-in-one", CHANNELS_MEMORY_DB="4096"))
+    assert {p["args"][0]: p["value"]["memory"] for p in aio["aio1"]["vm"]["provider"]["_each"]}["libvirt"] == 4096
+
+
+@pytest.mark.parametrize("provider", ["libvirt", "virtualbox"])
+@pytest.mark.parametrize("topology", ["scaled", "all-in-one"])
+def test_vagrant_validates_the_vagrantfile(tmp_path, provider, topology):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    vboxmanage = fake / "VBoxManage"
+    vboxmanage.write_text('#!/bin/sh\n[ "$1" = --version ] && echo 7.0.8r156879\nexit 0\n')
+    vboxmanage.chmod(0o755)
+    env = vagrant_env(
+        tmp_path,
+        CHANNELS_TOPOLOGY=topology,
+        CHANNELS_LIBVIRT_DRIVER="qemu",
+        VAGRANT_DEFAULT_PROVIDER=provider,
+        PATH=f"{fake}:{os.environ['PATH']}",
+    )
+    result = subprocess.run(
+        ["vagrant", "validate"], cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validated successfully" in result.stdout
+
+
+def test_validation_catches_a_wrong_provider_setting(tmp_path):
+    broken = tmp_path / "Vagrantfile"
+    broken.write_text((ROOT / "Vagrantfile").read_text().replace("lv.cpus = spec", "lv.cpu_count = spec"))
+    (tmp_path / "topologies").symlink_to(ROOT / "topologies")
+    env = vagrant_env(tmp_path, VAGRANT_DEFAULT_PROVIDER="libvirt")
+    result = subprocess.run(["vagrant", "validate"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    assert "cpu_count" in result.stdout + result.stderr
