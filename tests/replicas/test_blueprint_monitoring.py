@@ -39,7 +39,7 @@ def prom(converged, hosts, stack):
     address = str(stack["topology"].host(first("monitoring")).address(stack["harness"].cfg.subnet))
 
     def query(path: str, port: int = 9090) -> dict:
-        out = mon.run("curl -sf %s", f"http://{address}:{port}{path}")
+        out = mon.run("curl -sfg %s", f"http://{address}:{port}{path}")
         assert out.rc == 0, out.stderr
         return json.loads(out.stdout)
 
@@ -67,6 +67,30 @@ def test_monitoring_services_run_where_intended(converged, hosts, stack):
     for name in names("redis"):
         env = hosts[name].file("/etc/default/prometheus-redis-exporter")
         assert (env.user, env.group, env.mode) == ("root", "prometheus", 0o640)
+
+
+EXPORTERS = {
+    "prometheus-node-exporter": ("all", 9100),
+    "prometheus-nginx-exporter": ("lb", 9113),
+    "mtail": ("lb", 3903),
+    "prometheus-redis-exporter": ("redis", 9121),
+    "prometheus-redis-exporter-sentinel": ("redis", 9355),
+    "prometheus-postgres-exporter": ("db", 9187),
+}
+
+
+@pytest.mark.parametrize("unit", sorted(EXPORTERS))
+def test_exporters_run_on_their_hosts_listening_on_the_private_address_only(converged, hosts, stack, unit):
+    group, port = EXPORTERS[unit]
+    members = list(hosts) if group == "all" else names(group)
+    for name in members:
+        host = hosts[name]
+        address = str(stack["topology"].host(name).address(stack["harness"].cfg.subnet))
+        assert host.service(unit).is_enabled, (name, unit)
+        assert host.service(unit).is_running, (name, unit)
+        listening = host.socket.get_listening_sockets()
+        assert f"tcp://{address}:{port}" in listening, (name, unit)
+        assert not any(s.endswith(f":{port}") and address not in s for s in listening), (name, unit, listening)
 
 
 def test_prometheus_has_exactly_the_expected_targets_all_up(prom, hosts):
@@ -177,10 +201,11 @@ async def test_every_dashboard_panel_shows_live_data(prom, site):  # noqa: F811
                 headers={"Authorization": f"Bearer {site['token']}"},
             )
         for ws in held:
-            await asyncio.wait_for(ws.recv(), 10)
-            # Client frames too: the app's keep-alive ping.
+            # Client frames too: the app's keep-alive ping, answered after the notifications.
             await ws.send(json.dumps({"type": "ping"}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
+            frames = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(6)]
+            assert [f["type"] for f in frames].count("notification") == 5
+            assert {"type": "pong"} in frames
         await asyncio.sleep(3 * SCRAPE_INTERVAL)
 
         empty = []
@@ -201,7 +226,9 @@ def test_backends_failing_behind_nginx_are_counted(prom, hosts, site):  # noqa: 
     """With every gunicorn stopped, nginx answers 502: mtail counts upstream failures for the http pool."""
 
     def failures() -> float:
-        result = prom('/api/v1/query?query=sum(nginx_upstream_failures_total{pool="http"})')["data"]["result"]
+        result = prom("/api/v1/query?query=" + quote('sum(nginx_upstream_failures_total{pool="http"})'))["data"][
+            "result"
+        ]
         return float(result[0]["value"][1]) if result else 0.0
 
     before = failures()
