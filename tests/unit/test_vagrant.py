@@ -71,7 +71,12 @@ def test_one_ansible_run_over_all_machines_with_the_topology_groups(tmp_path, to
     assert settings["limit"] == "all"
     assert settings["groups"] == {group: [h.name for h in topo.group(group)] for group in settings["groups"]}
     assert set(settings["groups"]) == {"lb", "http", "ws", "redis", "db", "monitoring"}
-    assert settings["raw_arguments"][-1].endswith("ansible/inventories/vagrant/vars.yml")
+    # The replicas' generated secrets, then Vagrant's own settings.
+    files = settings["raw_arguments"][1::2]
+    assert [f.removeprefix("@" + str(ROOT) + "/") for f in files] == [
+        "ansible/vars/generated_secrets.yml",
+        "ansible/inventories/vagrant/vars.yml",
+    ]
 
 
 def test_memory_and_cpus_per_group_are_settings(tmp_path):
