@@ -191,7 +191,12 @@ def redis_sentinel() -> Dashboard:
                 ('count by (host) (count_over_time(redis_sentinel_master_status{job="sentinel"}[1h])) - 1', "{{host}}"),
                 description="Masters each sentinel named in the last hour, minus one.",
             ),
-            panel(TimeSeries, "Replica link up", ('redis_master_link_up{job="redis"}', "{{host}}")),
+            panel(
+                TimeSeries,
+                "Replicas linked to each host",
+                ('redis_connected_slaves{job="redis"}', "{{host}}"),
+                description="The master shows its linked replicas; a drop is a broken link (RedisReplicaLinkDown).",
+            ),
             panel(TimeSeries, "Memory used", ('redis_memory_used_bytes{job="redis"}', "{{host}}"), unit="bytes"),
             panel(
                 TimeSeries,

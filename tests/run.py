@@ -39,7 +39,19 @@ def step(name: str, argv: list[str], cwd: Path = ROOT) -> bool:
 
 def pytest(name: str, args: list[str], cwd: Path = ROOT) -> bool:
     report = REPORTS / f"{name}.xml"
-    return step(name, [str(VENV_BIN / "pytest"), f"--junitxml={report}", *args], cwd=cwd)
+    # Printed output goes into the report too, where figures() finds the measurements.
+    return step(
+        name, [str(VENV_BIN / "pytest"), f"--junitxml={report}", "-o", "junit_logging=system-out", *args], cwd=cwd
+    )
+
+
+def figures() -> list[str]:
+    """What the tests printed as measurements (lines "figure: ..."), from the reports."""
+    lines = []
+    for report in sorted(REPORTS.glob("*.xml")):
+        for out in ET.parse(report).getroot().iter("system-out"):
+            lines += [line.strip() for line in (out.text or "").splitlines() if line.strip().startswith("figure:")]
+    return lines
 
 
 def totals() -> tuple[int, int, int]:
@@ -92,6 +104,10 @@ def main() -> int:
         results += replica_stage()
     elif not all(results):
         print("\n=== replica tests not run: the fast stage failed", flush=True)
+    measured = figures()
+    if measured:
+        print("\n=== figures printed by the tests (measured, not asserted)")
+        print("\n".join(measured))
     passed, failed, skipped = totals()
     print(f"\n=== suite finished in {time.monotonic() - started:.0f} s; stages ok: {sum(results)}/{len(results)}")
     line = f"{passed} passed, {failed} failed"

@@ -132,7 +132,7 @@ def converged(stack):
     started = time.monotonic()
     result = ansible_playbook("site.yml")
     seconds = time.monotonic() - started
-    print(f"\nfirst converge of site.yml: {seconds:.0f} s")
+    print(f"\nfigure: first converge of site.yml ({TOPOLOGY_NAME}): {seconds:.0f} s")
     summary = recap(result.stdout)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert set(summary) == {h.name for h in stack["topology"].hosts}

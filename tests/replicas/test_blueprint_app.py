@@ -56,7 +56,7 @@ def test_one_daphne_per_cpu_each_on_its_port(converged, hosts, stack, name):
         pid = unit.systemd_properties["MainPID"]
         limits = host.file(f"/proc/{pid}/limits").content_string
         nofile = re.search(r"Max open files\s+(\d+)", limits).group(1)
-        print(f"\n{name} daphne@{port}: open-files limit really granted: {nofile}")
+        print(f"\nfigure: {name} daphne@{port} open-files limit really granted: {nofile}")
         assert int(nofile) >= 10000
     assert not host.service(f"daphne@{8001 + cpus}").is_running
 

@@ -14,7 +14,7 @@ def test_the_first_converge_succeeds_on_every_host(converged):
 def test_a_second_run_changes_nothing(converged):
     started = time.monotonic()
     result = ansible_playbook("site.yml")
-    print(f"\nidempotent re-run of site.yml: {time.monotonic() - started:.0f} s")
+    print(f"\nfigure: idempotent re-run of site.yml: {time.monotonic() - started:.0f} s")
     assert result.returncode == 0, result.stdout[-4000:]
     changed = {host: r["changed"] for host, r in recap(result.stdout).items() if r["changed"]}
     assert changed == {}, result.stdout[-6000:]

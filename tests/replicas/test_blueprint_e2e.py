@@ -124,7 +124,7 @@ async def test_forty_sockets_spread_over_every_daphne_instance_of_both_hosts(sit
     sockets = [await open_ws(site, "/ws/live/", session=False) for _ in range(40)]
     try:
         gauges = await asyncio.to_thread(instance_gauges, hosts, stack)
-        print(f"\nlive sockets per daphne instance: {gauges}")
+        print(f"\nfigure: live sockets per daphne instance: {gauges}")
         assert sum(gauges.values()) == 40
         assert len(gauges) >= 2 * len(stack["topology"].group("ws"))
         assert all(value > 0 for value in gauges.values()), gauges
@@ -138,7 +138,7 @@ async def test_forty_sockets_spread_over_every_daphne_instance_of_both_hosts(sit
 async def test_a_sentinel_failover_keeps_sockets_open_and_notifications_flowing(site, hosts, secrets):
     async with open_ws(site, "/ws/notifications/") as ws:
         old, new = await asyncio.to_thread(sentinel_failover, hosts, secrets)
-        print(f"\nfailover: master {old} -> {new}")
+        print(f"\nfigure: failover, master {old} -> {new}")
         response = await asyncio.to_thread(
             site["client"].post,
             "/api/notifications/",
