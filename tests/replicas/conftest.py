@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import testinfra
+from websockets.asyncio.client import connect as ws_connect
 
 from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.topology import load
+from tests.ansible_cli import ansible, ansible_playbook
+
+__all__ = ["ansible", "ansible_playbook"]  # the replica tests import them from here
 
 # The topology under test: scaled by default, REPLICAS_TOPOLOGY=all-in-one for
 # the single-host stack (see the README). Tests read hosts and groups from it.
@@ -104,18 +110,6 @@ def on(stack):
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def ansible(command: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """An Ansible command (ansible, ansible-playbook) from the venv, run in ansible/."""
-    env = {**os.environ, "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0"}
-    return subprocess.run(
-        [command, *args], cwd=ROOT / "ansible", env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def ansible_playbook(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return ansible("ansible-playbook", *args, timeout=timeout)
-
-
 def recap(output: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP as {host: {"ok": n, "changed": n, "failed": n, ...}}."""
     hosts = {}
@@ -156,3 +150,47 @@ def hosts(stack):
 def secrets():
     folder = ROOT / "ansible" / ".secrets" / "replicas"
     return {p.name: p.read_text().strip() for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def site(converged, stack, hosts, secrets, tmp_path_factory):
+    """The lb's URL, a TLS context trusting its certificate, and a logged-in admin session."""
+    cfg = stack["harness"].cfg
+    lb = str(stack["topology"].host(first("lb")).address(cfg.subnet))
+    cafile = tmp_path_factory.mktemp("tls") / "lb.crt"
+    cafile.write_text(hosts[first("lb")].file("/etc/nginx/tls/channels.crt").content_string)
+    context = ssl.create_default_context(cafile=str(cafile))
+    base = f"https://{lb}"
+    client = httpx.Client(base_url=base, verify=context, timeout=20)
+    form = client.get("/accounts/login/")
+    assert form.status_code == 200
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    login = client.post(
+        "/accounts/login/",
+        headers={"Referer": f"{base}/accounts/login/"},
+        data={"username": "admin", "password": secrets["app_admin_password"], "csrfmiddlewaretoken": token},
+    )
+    assert login.status_code == 302, login.text[:500]
+    page = client.get("/")
+    user_id = int(re.search(r'data-user-id="(\d+)"', page.text).group(1))
+    yield {
+        "base": base,
+        "ws": f"wss://{lb}",
+        "ssl": context,
+        "client": client,
+        "user_id": user_id,
+        "session": client.cookies["sessionid"],
+        "token": secrets["app_notify_api_token"],
+    }
+    client.close()
+
+
+def open_ws(site, path: str, *, session: bool = True, origin: str | None = None):
+    headers = {"Cookie": f"sessionid={site['session']}"} if session else {}
+    return ws_connect(
+        f"{site['ws']}{path}",
+        ssl=site["ssl"],
+        origin=origin or site["base"],
+        additional_headers=headers,
+        open_timeout=10,
+    )

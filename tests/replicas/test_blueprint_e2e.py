@@ -5,58 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import ssl
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.replicas.conftest import first, names, sentinel_failover
-
-
-@pytest.fixture(scope="module")
-def site(converged, stack, hosts, secrets, tmp_path_factory):
-    """The lb's URL, a TLS context trusting its certificate, and a logged-in admin session."""
-    cfg = stack["harness"].cfg
-    lb = str(stack["topology"].host(first("lb")).address(cfg.subnet))
-    cafile = tmp_path_factory.mktemp("tls") / "lb.crt"
-    cafile.write_text(hosts[first("lb")].file("/etc/nginx/tls/channels.crt").content_string)
-    context = ssl.create_default_context(cafile=str(cafile))
-    base = f"https://{lb}"
-    client = httpx.Client(base_url=base, verify=context, timeout=20)
-    form = client.get("/accounts/login/")
-    assert form.status_code == 200
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-    login = client.post(
-        "/accounts/login/",
-        headers={"Referer": f"{base}/accounts/login/"},
-        data={"username": "admin", "password": secrets["app_admin_password"], "csrfmiddlewaretoken": token},
-    )
-    assert login.status_code == 302, login.text[:500]
-    page = client.get("/")
-    user_id = int(re.search(r'data-user-id="(\d+)"', page.text).group(1))
-    yield {
-        "base": base,
-        "ws": f"wss://{lb}",
-        "ssl": context,
-        "client": client,
-        "user_id": user_id,
-        "session": client.cookies["sessionid"],
-        "token": secrets["app_notify_api_token"],
-    }
-    client.close()
-
-
-def open_ws(site, path: str, *, session: bool = True, origin: str | None = None):
-    headers = {"Cookie": f"sessionid={site['session']}"} if session else {}
-    return ws_connect(
-        f"{site['ws']}{path}",
-        ssl=site["ssl"],
-        origin=origin or site["base"],
-        additional_headers=headers,
-        open_timeout=10,
-    )
+from tests.replicas.conftest import first, names, open_ws, sentinel_failover
 
 
 def test_http_goes_to_https_and_metrics_are_never_proxied(site):

@@ -11,8 +11,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from tests.replicas.conftest import ROOT, first, names
-from tests.replicas.test_blueprint_e2e import open_ws, site  # noqa: F401  (the logged-in site fixture)
+from tests.replicas.conftest import ROOT, first, names, open_ws
 
 SCRAPE_INTERVAL = 5  # prometheus_scrape_interval in the replicas' inventory
 
@@ -109,7 +108,7 @@ def test_prometheus_has_exactly_the_expected_targets_all_up(prom, hosts):
     assert not down, down
 
 
-async def test_the_websocket_gauge_follows_real_sockets(prom, site):  # noqa: F811
+async def test_the_websocket_gauge_follows_real_sockets(prom, site):
     def total() -> float:
         result = prom("/api/v1/query?query=sum(websocket_connections)")["data"]["result"]
         return float(result[0]["value"][1]) if result else 0.0
@@ -183,7 +182,7 @@ def test_grafana_provisioning_and_dashboards_are_laid_down(converged, hosts, sec
         assert json.loads(mon.file(f"{folder}/{name}").content_string) == board, name
 
 
-async def test_every_dashboard_panel_shows_live_data(prom, site):  # noqa: F811
+async def test_every_dashboard_panel_shows_live_data(prom, site):
     # A short burst of real traffic: pages, sockets (one refused by the limit),
     # notifications through the channel layer, client frames.
     client = site["client"]
@@ -222,7 +221,7 @@ async def test_every_dashboard_panel_shows_live_data(prom, site):  # noqa: F811
             await ws.close()
 
 
-def test_backends_failing_behind_nginx_are_counted(prom, hosts, site):  # noqa: F811
+def test_backends_failing_behind_nginx_are_counted(prom, hosts, site):
     """With every gunicorn stopped, nginx answers 502: mtail counts upstream failures for the http pool."""
 
     def failures() -> float:

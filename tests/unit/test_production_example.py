@@ -4,26 +4,23 @@ ansible-vault encrypted vault.yml, by the vault_* names the playbooks read."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests import ansible_cli
+
+
+def ansible(command: str, *args: str):
+    return ansible_cli.ansible(command, *args, timeout=300)
+
+
 ANSIBLE = Path(__file__).resolve().parents[2] / "ansible"
 EXAMPLE = ANSIBLE / "inventories" / "production-example"
 VAULT_EXAMPLE = EXAMPLE / "group_vars" / "all" / "vault.yml.example"
-
-
-def ansible(command: str, *args: str) -> subprocess.CompletedProcess[str]:
-    venv = ANSIBLE.parent / ".venv" / "bin"
-    env = {**os.environ, "PATH": f"{venv}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0"}
-    return subprocess.run(
-        [command, *args], cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 def referenced_vault_names() -> set[str]:
