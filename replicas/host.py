@@ -174,15 +174,25 @@ def write_config(cfg: Config, topo: Topology, host: Host, p: Paths, pubkey: str)
         for path in (ssh_dir, ssh_dir / "authorized_keys"):
             os.chown(path, *owner)
         os.chmod(ssh_dir / "authorized_keys", 0o600)
-    # The host's own extra CAs (a proxy's, a company's): the replicas reach the
-    # same mirrors through the same egress, so they need the same trust.
-    if LOCAL_CA_DIR.is_dir() and any(LOCAL_CA_DIR.glob("*.crt")):
+    share_host_trust(root)
+
+
+def host_cas() -> list[Path]:
+    """The host's own extra CAs (a proxy's, a company's)."""
+    return sorted(LOCAL_CA_DIR.glob("*.crt")) if LOCAL_CA_DIR.is_dir() else []
+
+
+def share_host_trust(root: Path) -> None:
+    """Give a root filesystem the host's trust: it reaches the same mirrors through
+    the same egress. Also used for the VM tests' box."""
+    if host_cas():
         dest = root / "usr/local/share/ca-certificates"
         dest.mkdir(parents=True, exist_ok=True)
-        for crt in LOCAL_CA_DIR.glob("*.crt"):
+        for crt in host_cas():
             shutil.copy2(crt, dest / crt.name)
         shutil.copy2(HOST_CA_BUNDLE, root / "etc/ssl/certs/ca-certificates.crt")
-    # pip inside the replicas: the system bundle (with those CAs) and the shared cache.
+    # pip: the system bundle (with those CAs; pip's own ignores them) and a cache
+    # (the replicas bind the shared one there).
     (root / "etc/pip.conf").write_text(
         "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\ncache-dir = /var/cache/pip\n"
     )

@@ -8,17 +8,28 @@ unit test costs seconds, not a replica boot:
 
 Whatever happens, the replicas are brought down at the end. The last line
 sums every pytest run: "N passed, N failed".
+
+--vm runs the slow suite instead (`./stack test-vm`, not part of CI): a
+Debian 12 box built here, `vagrant up --provider=libvirt` of the all-in-one
+topology under QEMU's software emulation, `vagrant provision` (site.yml),
+the blueprint's tests against the VM, then `vagrant destroy` and libvirt
+stopped. It prints each step's time.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from replicas.config import from_env
+from tests.vagrant import box
+from tests.vagrant.libvirt import Libvirt
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -91,19 +102,80 @@ def replica_stage() -> list[bool]:
         step("replicas down", [str(VENV_BIN / "python"), "-m", "replicas", "down"])
 
 
+VM_STATE = ROOT / ".vagrant-suite"
+# The VM tests' settings for the Vagrantfile (see its header) and the blueprint tests.
+VM_ENV = {
+    "CHANNELS_TOPOLOGY": "all-in-one",
+    "REPLICAS_TOPOLOGY": "all-in-one",
+    "BLUEPRINT_STACK": "vagrant",
+    "CHANNELS_SUBNET": "10.78.0.0/24",  # not the container replicas' network
+    "CHANNELS_LIBVIRT_DRIVER": "qemu",
+    "CHANNELS_LIBVIRT_POOL": "channels-vagrant",
+    "CHANNELS_MEMORY_DB": "2048",  # everything on one VM
+    "CHANNELS_GRAFANA_INSTALL": "false",  # Grafana's repository is out of reach here
+    "CHANNELS_ANSIBLE_EXTRA_VARS": "vars/local_stacks.yml",
+    "VAGRANT_DEFAULT_PROVIDER": "libvirt",
+    "VAGRANT_DOTFILE_PATH": str(VM_STATE / "dot"),
+}
+
+
+def timed(name: str, action):
+    print(f"\n=== {name}", flush=True)
+    started = time.monotonic()
+    result = action()
+    print(f"=== {name}: ok in {time.monotonic() - started:.1f} s", flush=True)
+    return result
+
+
+def vm_stage() -> list[bool]:
+    os.environ.update(VM_ENV)
+    cfg = from_env()
+    built, _ = timed("box (built once, cached by its recipe)", lambda: box.ensure_box(cfg))
+    timed("vagrant box add", lambda: box.ensure_added(built))
+    os.environ["CHANNELS_BOX"] = box.BOX_NAME
+    try:
+        timed("libvirt up", vm_libvirt().start)
+        paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/replicas").glob("test_blueprint_*.py"))
+        return [pytest("vm", ["-q", *paths])]
+    finally:
+        # The session fixture destroys the VMs too; this covers a killed pytest.
+        vm_down()
+
+
+def vm_libvirt() -> Libvirt:
+    return Libvirt(VM_STATE, ipaddress.ip_network(VM_ENV["CHANNELS_SUBNET"]), from_env())
+
+
+def vm_down() -> None:
+    """Whatever the VM tests left: VMs, then libvirt's daemon, networks and settings (`./stack down`)."""
+    os.environ.update(VM_ENV)
+    libvirt = vm_libvirt()
+    if libvirt.daemon_pid() is not None:
+        step("vagrant destroy", ["vagrant", "destroy", "--force"])
+    timed("libvirt down", libvirt.stop)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fast", action="store_true", help="only the fast stage (no replicas)")
+    parser.add_argument("--vm", action="store_true", help="only the slow suite on Vagrant's VMs")
+    parser.add_argument("--vm-down", action="store_true", help="remove what an interrupted --vm run left")
     args = parser.parse_args()
+    if args.vm_down:
+        vm_down()
+        return 0
     REPORTS.mkdir(exist_ok=True)
     for old in REPORTS.glob("*.xml"):
         old.unlink()
     started = time.monotonic()
-    results = fast_stage()
-    if all(results) and not args.fast:
-        results += replica_stage()
-    elif not all(results):
-        print("\n=== replica tests not run: the fast stage failed", flush=True)
+    if args.vm:
+        results = vm_stage()
+    else:
+        results = fast_stage()
+        if all(results) and not args.fast:
+            results += replica_stage()
+        elif not all(results):
+            print("\n=== replica tests not run: the fast stage failed", flush=True)
     measured = figures()
     if measured:
         print("\n=== figures printed by the tests (measured, not asserted)")

@@ -1,7 +1,10 @@
-"""One replica stack per test run, shared by every test that needs one, always brought down.
+"""One stack per test run, shared by every test that needs one, always brought down.
 
-Files run in name order: test_blueprint_* (on the converged stack) before
-test_harness.py, whose drills reboot, reset and finally remove the hosts.
+The stack is the container replicas, or with BLUEPRINT_STACK=vagrant the
+Vagrantfile's VMs (tests/vagrant/run.py sets that up); the test_blueprint_*
+files run on either. Files run in name order: test_blueprint_* (on the
+converged stack) before test_harness.py (replicas only), whose drills reboot,
+reset and finally remove the hosts.
 """
 
 from __future__ import annotations
@@ -15,20 +18,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-import testinfra
 from websockets.asyncio.client import connect as ws_connect
 
 from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.topology import load
-from tests.ansible_cli import ansible, ansible_playbook
+from tests.ansible_cli import ansible
+from tests.stacks import ReplicaStack, VagrantStack
 
-__all__ = ["ansible", "ansible_playbook"]  # the replica tests import them from here
+__all__ = ["ansible"]  # the replica tests import it from here
 
 # The topology under test: scaled by default, REPLICAS_TOPOLOGY=all-in-one for
 # the single-host stack (see the README). Tests read hosts and groups from it.
 TOPOLOGY_NAME = os.environ.get("REPLICAS_TOPOLOGY", "scaled")
 TOPOLOGY = load(TOPOLOGY_NAME)
+STACK_KIND = os.environ.get("BLUEPRINT_STACK", "replicas")
 
 
 def names(group: str) -> list[str]:
@@ -83,26 +87,33 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def harness():
-    return Harness(from_env())
+def stack():
+    """The topology under test, up for the whole session; down at the end even on failure."""
+    if STACK_KIND == "vagrant":
+        under_test = VagrantStack(TOPOLOGY, ROOT / ".vagrant-suite")
+    else:
+        under_test = ReplicaStack(Harness(from_env()), TOPOLOGY)
+    try:
+        started = time.monotonic()
+        under_test.up()
+        print(f"\nfigure: {TOPOLOGY_NAME} {STACK_KIND} up: {time.monotonic() - started:.0f} s")
+        yield under_test
+    finally:
+        under_test.down()
 
 
 @pytest.fixture(scope="session")
-def stack(harness):
-    """The topology under test, up for the whole session; down at the end even on failure."""
-    try:
-        report = harness.up(TOPOLOGY_NAME)
-        yield {"harness": harness, "topology": TOPOLOGY, "report": report}
-    finally:
-        harness.down()
+def harness(stack):
+    """The replica harness behind the stack (test_harness.py's drills drive it directly)."""
+    return stack.harness
 
 
 @pytest.fixture
 def on(stack):
-    """on(host, command) -> CompletedProcess, over the harness's SSH."""
+    """on(host, command) -> CompletedProcess, run as root over SSH."""
 
     def run(host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return stack["harness"].run_on(stack["topology"].host(host), command, timeout=timeout)
+        return stack.run(host, command, timeout=timeout)
 
     return run
 
@@ -124,26 +135,19 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 def converged(stack):
     """site.yml applied once to the fresh stack; the run's time is printed, not asserted."""
     started = time.monotonic()
-    result = ansible_playbook("site.yml")
+    result = stack.converge()
     seconds = time.monotonic() - started
-    print(f"\nfigure: first converge of site.yml ({TOPOLOGY_NAME}): {seconds:.0f} s")
+    print(f"\nfigure: first converge of site.yml ({TOPOLOGY_NAME} {STACK_KIND}): {seconds:.0f} s")
     summary = recap(result.stdout)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert set(summary) == {h.name for h in stack["topology"].hosts}
+    assert set(summary) == {h.name for h in stack.topology.hosts}
     return {"seconds": seconds, "recap": summary}
 
 
 @pytest.fixture(scope="session")
 def hosts(stack):
-    """testinfra hosts over the harness's SSH (root, pinned host keys)."""
-    cfg = stack["harness"].cfg
-    extra = f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes"
-    return {
-        h.name: testinfra.get_host(
-            f"ssh://root@{h.address(cfg.subnet)}", ssh_identity_file=str(cfg.ssh_key), ssh_extra_args=extra
-        )
-        for h in stack["topology"].hosts
-    }
+    """testinfra hosts, root over SSH."""
+    return {h.name: stack.testinfra(h.name) for h in stack.topology.hosts}
 
 
 @pytest.fixture(scope="session")
@@ -155,8 +159,7 @@ def secrets():
 @pytest.fixture(scope="module")
 def site(converged, stack, hosts, secrets, tmp_path_factory):
     """The lb's URL, a TLS context trusting its certificate, and a logged-in admin session."""
-    cfg = stack["harness"].cfg
-    lb = str(stack["topology"].host(first("lb")).address(cfg.subnet))
+    lb = stack.address(first("lb"))
     cafile = tmp_path_factory.mktemp("tls") / "lb.crt"
     cafile.write_text(hosts[first("lb")].file("/etc/nginx/tls/channels.crt").content_string)
     context = ssl.create_default_context(cafile=str(cafile))

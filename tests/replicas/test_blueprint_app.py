@@ -19,10 +19,6 @@ HARDENING = {
 }
 
 
-def private(stack, name: str) -> str:
-    return str(stack["topology"].host(name).address(stack["harness"].cfg.subnet))
-
-
 def assert_hardened(unit, user: str):
     props = unit.systemd_properties
     for key, value in HARDENING.items():
@@ -38,9 +34,9 @@ def test_gunicorn_serves_on_the_private_address_hardened(converged, hosts, stack
     assert unit.is_enabled
     assert unit.is_running
     assert_hardened(unit, "gunicorn")
-    assert host.socket(f"tcp://{private(stack, name)}:8000").is_listening
+    assert host.socket(f"tcp://{stack.address(name)}:8000").is_listening
     assert not host.socket("tcp://0.0.0.0:8000").is_listening
-    assert host.run("curl -sf http://%s:8000/healthz", private(stack, name)).stdout == '{"status": "ok"}'
+    assert host.run("curl -sf http://%s:8000/healthz", stack.address(name)).stdout == '{"status": "ok"}'
 
 
 @pytest.mark.parametrize("name", names("ws"))
@@ -52,7 +48,7 @@ def test_one_daphne_per_cpu_each_on_its_port(converged, hosts, stack, name):
         assert unit.is_enabled
         assert unit.is_running
         assert_hardened(unit, "daphne")
-        assert host.socket(f"tcp://{private(stack, name)}:{port}").is_listening
+        assert host.socket(f"tcp://{stack.address(name)}:{port}").is_listening
         pid = unit.systemd_properties["MainPID"]
         limits = host.file(f"/proc/{pid}/limits").content_string
         nofile = re.search(r"Max open files\s+(\d+)", limits).group(1)
@@ -100,7 +96,7 @@ def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, 
     assert "least_conn" in upstream
     # Every instance of every ws host, each once.
     expected = {
-        f"{private(stack, name)}:{port}"
+        f"{stack.address(name)}:{port}"
         for name in names("ws")
         for port in range(8001, 8001 + int(hosts[name].run("nproc").stdout))
     }

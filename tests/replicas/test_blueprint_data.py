@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tests.replicas.conftest import (
-    ansible_playbook,
     first,
     master_address,
     names,
@@ -24,7 +23,7 @@ def test_postgresql_listens_on_the_private_address_and_loopback_only(converged, 
     service = db.service("postgresql@15-main")
     assert service.is_enabled
     assert service.is_running
-    private = str(stack["topology"].host(DB).address(stack["harness"].cfg.subnet))
+    private = stack.address(DB)
     assert db.socket(f"tcp://{private}:5432").is_listening
     assert db.socket("tcp://127.0.0.1:5432").is_listening
     assert not db.socket("tcp://0.0.0.0:5432").is_listening
@@ -34,8 +33,7 @@ def test_postgresql_admits_the_app_role_by_password_and_only_from_the_app_hosts(
     db = hosts[DB]
     hba = db.file("/etc/postgresql/15/main/pg_hba.conf")
     assert hba.mode == 0o640
-    cfg = stack["harness"].cfg
-    app_hosts = {str(h.address(cfg.subnet)) for h in stack["topology"].hosts if {"http", "ws"} & set(h.groups)}
+    app_hosts = {stack.address(h.name) for h in stack.topology.hosts if {"http", "ws"} & set(h.groups)}
     allowed = {
         line.split()[3].removesuffix("/32")
         for line in hba.content_string.splitlines()
@@ -47,7 +45,7 @@ def test_postgresql_admits_the_app_role_by_password_and_only_from_the_app_hosts(
     wrong = db.run(login, "not-the-password", "127.0.0.1")
     assert wrong.rc != 0
     assert "password authentication failed" in wrong.stderr
-    own_address = str(stack["topology"].host(DB).address(cfg.subnet))
+    own_address = stack.address(DB)
     if own_address not in app_hosts:  # all-in-one: the db host is an app host too
         refused = db.run(login, secrets["postgresql_app_password"], own_address)
         assert "no pg_hba.conf entry" in refused.stderr
@@ -56,7 +54,7 @@ def test_postgresql_admits_the_app_role_by_password_and_only_from_the_app_hosts(
 @pytest.mark.parametrize("name", REDIS_HOSTS)
 def test_redis_and_sentinel_run_with_auth_on_private_and_loopback_only(converged, hosts, stack, name):
     host = hosts[name]
-    private = str(stack["topology"].host(name).address(stack["harness"].cfg.subnet))
+    private = stack.address(name)
     for unit, port in (("redis-server", 6379), ("redis-sentinel", 26379)):
         assert host.service(unit).is_enabled
         assert host.service(unit).is_running
@@ -93,9 +91,9 @@ def test_every_sentinel_names_the_same_master_and_every_replica_is_linked(conver
 
 
 @pytest.mark.skipif(len(REDIS_HOSTS) < 2, reason="a single Redis host has no replica to fail over to")
-def test_a_rerun_after_a_failover_keeps_the_new_master(converged, hosts, secrets):
+def test_a_rerun_after_a_failover_keeps_the_new_master(converged, stack, hosts, secrets):
     _, after = sentinel_failover(hosts, secrets)
-    result = ansible_playbook("site.yml", "--tags", "redis")
+    result = stack.playbook("site.yml", "--tags", "redis")
     assert result.returncode == 0, result.stdout[-4000:]
     assert all(r["changed"] == 0 for r in recap(result.stdout).values()), result.stdout[-4000:]
     assert {master_address(hosts, secrets, name) for name in REDIS_HOSTS} == {after}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from tests.replicas.conftest import ROOT, ansible_playbook, first, names, recap, unique
+from tests.replicas.conftest import ROOT, first, names, recap, unique
 
 APP_HOSTS = unique("http", "ws")
 MARKER = "<!-- rolled out by deploy.yml -->"
@@ -26,7 +26,7 @@ def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tm
     page.write_text(page.read_text().replace('<section id="live">', MARKER + '\n<section id="live">', 1))
     assert MARKER in page.read_text()
 
-    result = ansible_playbook("deploy.yml", "-e", f"app_source_path={source}")
+    result = stack.playbook("deploy.yml", "-e", f"app_source_path={source}")
     assert result.returncode == 0, result.stdout[-5000:]
     assert all(r["failed"] == 0 for r in recap(result.stdout).values())
     # serial: 1 means one batch per host: every pool's play ran once per host.
@@ -38,8 +38,7 @@ def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tm
     assert set(after.values()) != set(before.values())
     # gunicorn took the new code with a graceful reload: its master never restarted.
     assert {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in masters} == masters
-    cfg = stack["harness"].cfg
-    lb = str(stack["topology"].host(first("lb")).address(cfg.subnet))
+    lb = stack.address(first("lb"))
     served = hosts[first("lb")].run("curl -sfk https://%s/", lb)
     assert served.rc == 0, served.stderr
     assert MARKER in served.stdout

@@ -61,13 +61,12 @@ async def test_the_fourth_socket_of_a_user_is_refused_across_hosts(site):
 
 def instance_gauges(hosts, stack) -> dict[str, float]:
     """websocket_connections{consumer="live"} of every daphne instance, scraped from the monitoring host."""
-    cfg = stack["harness"].cfg
     values = {}
-    for h in stack["topology"].group("ws"):
-        address = h.address(cfg.subnet)
+    for h in stack.topology.group("ws"):
+        address = stack.address(h.name)
         ports = hosts[h.name].run("systemctl list-units --plain --no-legend 'daphne@*.service'").stdout
         for port in re.findall(r"daphne@(\d+)\.service", ports):
-            scrape = hosts[first("monitoring")].run("curl -sf http://%s:%s/metrics", str(address), port)
+            scrape = hosts[first("monitoring")].run("curl -sf http://%s:%s/metrics", address, port)
             assert scrape.rc == 0, scrape.stderr
             match = re.search(r'^websocket_connections\{consumer="live"\} (\S+)$', scrape.stdout, re.M)
             values[f"{h.name}:{port}"] = float(match.group(1)) if match else 0.0
@@ -80,9 +79,9 @@ async def test_forty_sockets_spread_over_every_daphne_instance_of_both_hosts(sit
         gauges = await asyncio.to_thread(instance_gauges, hosts, stack)
         print(f"\nfigure: live sockets per daphne instance: {gauges}")
         assert sum(gauges.values()) == 40
-        assert len(gauges) >= 2 * len(stack["topology"].group("ws"))
+        assert len(gauges) >= 2 * len(stack.topology.group("ws"))
         assert all(value > 0 for value in gauges.values()), gauges
-        assert {name.split(":")[0] for name in gauges} == {h.name for h in stack["topology"].group("ws")}
+        assert {name.split(":")[0] for name in gauges} == {h.name for h in stack.topology.group("ws")}
     finally:
         for ws in sockets:
             await ws.close()

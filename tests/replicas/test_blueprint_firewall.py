@@ -66,7 +66,7 @@ def firewalled(converged, hosts):
 
 @pytest.mark.parametrize(("target", "port", "source", "allowed"), list(cases()))
 def test_flow_between_hosts(firewalled, stack, target, port, source, allowed):
-    address = str(stack["topology"].host(target).address(stack["harness"].cfg.subnet))
+    address = stack.address(target)
     ok, output = connects(firewalled[source], address, port)
     assert ok == allowed, f"{source} -> {target}:{port}: {output}"
     if not allowed:
@@ -78,8 +78,8 @@ def test_flow_between_hosts(firewalled, stack, target, port, source, allowed):
     ("group", "port"), [key for key, allowed in FLOWS.items() if allowed != "any" and TOPOLOGY.group(key[0])]
 )
 def test_the_controller_reaches_no_internal_service(firewalled, stack, group, port):
-    target = stack["topology"].group(group)[0]
-    address = str(target.address(stack["harness"].cfg.subnet))
+    target = stack.topology.group(group)[0]
+    address = stack.address(target.name)
     # The service is up (its own host reaches it over its private address, through loopback)...
     assert connects(firewalled[target.name], address, port)[0]
     # ...and the controller, in no group, is turned away.

@@ -13,7 +13,10 @@ import yaml
 
 from tests.replicas.conftest import ROOT, first, names, open_ws
 
-SCRAPE_INTERVAL = 5  # prometheus_scrape_interval in the replicas' inventory
+# Seconds between scrapes on the drilled stacks.
+SCRAPE_INTERVAL = int(
+    yaml.safe_load((ROOT / "ansible/vars/local_stacks.yml").read_text())["prometheus_scrape_interval"].removesuffix("s")
+)
 
 
 def expected_targets(hosts) -> set[tuple[str, str, int]]:
@@ -35,7 +38,7 @@ def expected_targets(hosts) -> set[tuple[str, str, int]]:
 def prom(converged, hosts, stack):
     """query(path) -> JSON of Prometheus's or Alertmanager's HTTP API, asked on the monitoring host."""
     mon = hosts[first("monitoring")]
-    address = str(stack["topology"].host(first("monitoring")).address(stack["harness"].cfg.subnet))
+    address = stack.address(first("monitoring"))
 
     def query(path: str, port: int = 9090) -> dict:
         out = mon.run("curl -sfg %s", f"http://{address}:{port}{path}")
@@ -56,7 +59,7 @@ def wait_for(check, timeout: float, every: float = 1.0):
 
 def test_monitoring_services_run_where_intended(converged, hosts, stack):
     mon = hosts[first("monitoring")]
-    address = str(stack["topology"].host(first("monitoring")).address(stack["harness"].cfg.subnet))
+    address = stack.address(first("monitoring"))
     for unit, port in (("prometheus", 9090), ("prometheus-alertmanager", 9093), ("prometheus-node-exporter", 9100)):
         assert mon.service(unit).is_enabled, unit
         assert mon.service(unit).is_running, unit
@@ -84,7 +87,7 @@ def test_exporters_run_on_their_hosts_listening_on_the_private_address_only(conv
     members = list(hosts) if group == "all" else names(group)
     for name in members:
         host = hosts[name]
-        address = str(stack["topology"].host(name).address(stack["harness"].cfg.subnet))
+        address = stack.address(name)
         assert host.service(unit).is_enabled, (name, unit)
         assert host.service(unit).is_running, (name, unit)
         listening = host.socket.get_listening_sockets()
@@ -128,7 +131,7 @@ async def test_the_websocket_gauge_follows_real_sockets(prom, site):
 
 def test_a_stopped_daphne_instance_alerts_and_resolves(prom, hosts, stack):
     ws = first("ws")
-    instance = f"{stack['topology'].host(ws).address(stack['harness'].cfg.subnet)}:8002"
+    instance = f"{stack.address(ws)}:8002"
 
     def at_alertmanager():
         alerts = prom("/api/v2/alerts?filter=alertname%3D%22DaphneInstanceDown%22", port=9093)

@@ -21,8 +21,8 @@ from tests.replicas.conftest import ansible
 
 
 def test_every_host_runs_systemd_under_its_own_name_and_address(stack, on):
-    cfg = stack["harness"].cfg
-    for h in stack["topology"].hosts:
+    cfg = stack.harness.cfg
+    for h in stack.topology.hosts:
         result = on(h.name, "hostname; ip -4 -o addr show host0; systemctl is-system-running")
         assert result.returncode == 0, result.stderr
         hostname, addr_line, state = result.stdout.strip().splitlines()
@@ -32,19 +32,19 @@ def test_every_host_runs_systemd_under_its_own_name_and_address(stack, on):
 
 
 def test_inventory_matches_the_topology_with_unique_names_and_addresses(stack):
-    cfg = stack["harness"].cfg
+    cfg = stack.harness.cfg
     inventory = yaml.safe_load(cfg.inventory_path.read_text())["all"]
     addresses = {name: v["ansible_host"] for name, v in inventory["hosts"].items()}
-    assert addresses == {h.name: str(h.address(cfg.subnet)) for h in stack["topology"].hosts}
+    assert addresses == {h.name: str(h.address(cfg.subnet)) for h in stack.topology.hosts}
     assert len(set(addresses.values())) == len(addresses)
     assert all(ipaddress.ip_address(a) in cfg.subnet for a in addresses.values())
     for group, members in inventory["children"].items():
-        assert list(members["hosts"]) == [h.name for h in stack["topology"].group(group)]
+        assert list(members["hosts"]) == [h.name for h in stack.topology.group(group)]
 
 
 def test_hosts_reach_each_other_across_the_bridge(stack, on):
-    cfg = stack["harness"].cfg
-    targets = " ".join(str(h.address(cfg.subnet)) for h in stack["topology"].hosts)
+    cfg = stack.harness.cfg
+    targets = " ".join(str(h.address(cfg.subnet)) for h in stack.topology.hosts)
     for source in ("ws1", "mon1"):
         result = on(source, f"for a in {targets}; do ping -c1 -W2 $a >/dev/null || echo unreachable $a; done")
         assert result.returncode == 0
@@ -52,11 +52,11 @@ def test_hosts_reach_each_other_across_the_bridge(stack, on):
 
 
 def test_controller_reaches_each_host_over_ssh_with_a_pinned_host_key(stack):
-    cfg = stack["harness"].cfg
+    cfg = stack.harness.cfg
     known = cfg.known_hosts.read_text().splitlines()
-    assert len(known) == len(stack["topology"].hosts)
-    for h in stack["topology"].hosts:
-        argv = [*stack["harness"].ssh_argv(str(h.address(cfg.subnet)), user="admin"), "sudo -n true && echo ok"]
+    assert len(known) == len(stack.topology.hosts)
+    for h in stack.topology.hosts:
+        argv = [*stack.harness.ssh_argv(str(h.address(cfg.subnet)), user="admin"), "sudo -n true && echo ok"]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
         assert result.stdout.strip() == "ok", result.stderr
 
@@ -64,14 +64,14 @@ def test_controller_reaches_each_host_over_ssh_with_a_pinned_host_key(stack):
 def test_ansible_reaches_every_host_and_sees_systemd(stack):
     ping = ansible("ansible", "all", "-m", "ansible.builtin.ping", "-o", timeout=300)
     assert ping.returncode == 0, ping.stdout + ping.stderr
-    assert ping.stdout.count("SUCCESS") == len(stack["topology"].hosts)
+    assert ping.stdout.count("SUCCESS") == len(stack.topology.hosts)
     facts = ansible("ansible", "all", "-m", "ansible.builtin.setup", "-a", "filter=ansible_service_mgr", "-o")
     assert facts.returncode == 0, facts.stdout + facts.stderr
-    assert facts.stdout.count('"ansible_service_mgr": "systemd"') == len(stack["topology"].hosts)
+    assert facts.stdout.count('"ansible_service_mgr": "systemd"') == len(stack.topology.hosts)
 
 
 def test_stop_takes_a_host_away_and_start_brings_it_back(stack, on):
-    harness = stack["harness"]
+    harness = stack.harness
     harness.stop("redis3")
     assert on("redis3", "true", timeout=10).returncode != 0
     assert on("redis1", "ping -c1 -W1 redis3").returncode != 0
@@ -99,7 +99,7 @@ def test_up_recovers_after_a_crash_that_left_mounts_and_state_behind(stack, harn
     report = harness.up("scaled")
     # With the state lost, every host is recreated from what is on disk; none is left half-alive.
     assert set(crashed) <= set(report["booted"])
-    for h in stack["topology"].hosts:
+    for h in stack.topology.hosts:
         assert on(h.name, "systemctl is-system-running").stdout.strip() == "running"
     assert harness.up("scaled")["booted"] == []
 

@@ -69,14 +69,37 @@ def test_one_ansible_run_over_all_machines_with_the_topology_groups(tmp_path, to
     assert ansible["args"] == ["ansible"]
     assert settings["playbook"] == "ansible/site.yml"
     assert settings["limit"] == "all"
-    assert settings["groups"] == {group: [h.name for h in topo.group(group)] for group in settings["groups"]}
-    assert set(settings["groups"]) == {"lb", "http", "ws", "redis", "db", "monitoring"}
+    groups = {name: hosts for name, hosts in settings["groups"].items() if not name.endswith(":vars")}
+    assert groups == {group: [h.name for h in topo.group(group)] for group in groups}
+    assert set(groups) == {"lb", "http", "ws", "redis", "db", "monitoring"}
+    # The gateway rides in the generated inventory (any playbook over it gets it); a boolean
+    # cannot (INI group vars are strings), so grafana_install is an extra var.
+    assert settings["groups"]["all:vars"] == {"blueprint_vagrant_gateway": "10.77.0.1"}
+    assert settings["extra_vars"] == {"grafana_install": True}
     # The replicas' generated secrets, then Vagrant's own settings.
     files = settings["raw_arguments"][1::2]
     assert [f.removeprefix("@" + str(ROOT) + "/") for f in files] == [
         "ansible/vars/generated_secrets.yml",
         "ansible/inventories/vagrant/vars.yml",
     ]
+
+
+def test_more_extra_vars_files_and_the_network_are_settings(tmp_path):
+    config = plan(
+        tmp_path,
+        CHANNELS_TOPOLOGY="all-in-one",
+        CHANNELS_ANSIBLE_EXTRA_VARS="vars/local_stacks.yml:",
+        CHANNELS_SUBNET="10.78.0.0/24",
+        CHANNELS_GRAFANA_INSTALL="false",
+    )
+    (aio,) = machines(config).values()
+    assert aio["vm"]["network"]["_each"][0]["kwargs"]["ip"] == "10.78.0.11"
+    settings = aio["vm"]["provision"]["_each"][0]["value"]
+    assert settings["groups"]["all:vars"] == {"blueprint_vagrant_gateway": "10.78.0.1"}
+    assert settings["extra_vars"] == {"grafana_install": False}
+    files = [f.removeprefix("@" + str(ROOT) + "/") for f in settings["raw_arguments"][1::2]]
+    assert files[2:] == ["ansible/vars/local_stacks.yml"]
+    assert all(Path(f.removeprefix("@")).is_file() for f in settings["raw_arguments"][1::2])
 
 
 def test_memory_and_cpus_per_group_are_settings(tmp_path):
