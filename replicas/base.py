@@ -35,17 +35,27 @@ PACKAGES = (
 # The account Ansible logs in as, with passwordless sudo, as on a cloud image.
 ADMIN_USER = "admin"
 
+# Shell for a new root: no host keys and no machine id, so that each host
+# made from it gets its own.
+NO_IDENTITY = """rm -f /etc/ssh/ssh_host_*
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id"""
+
+
+def sudo_user(user: str) -> str:
+    """Shell for a new root: an account with passwordless sudo, as on a cloud image."""
+    return f"""useradd --create-home --shell /bin/bash --groups sudo {user}
+echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{user}
+chmod 0440 /etc/sudoers.d/90-{user}"""
+
+
 # Runs inside the new root (chroot) once, after debootstrap.
 SETUP_SCRIPT = f"""
 set -eu
 # Host keys and machine id are per host: the harness makes them for each replica.
-rm -f /etc/ssh/ssh_host_*
-: > /etc/machine-id
-rm -f /var/lib/dbus/machine-id
+{NO_IDENTITY}
 systemctl enable systemd-networkd.service
-useradd --create-home --shell /bin/bash --groups sudo {ADMIN_USER}
-echo '{ADMIN_USER} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-{ADMIN_USER}
-chmod 0440 /etc/sudoers.d/90-{ADMIN_USER}
+{sudo_user(ADMIN_USER)}
 cat > /etc/apt/sources.list <<SRC
 deb @MIRROR@ {SUITE} main
 deb @MIRROR@ {SUITE}-updates main
@@ -56,6 +66,25 @@ echo 'APT::Keep-Downloaded-Packages "true";' > /etc/apt/apt.conf.d/90keep-debs
 echo 'Binary::apt::APT::Keep-Downloaded-Packages "true";' >> /etc/apt/apt.conf.d/90keep-debs
 apt-get clean
 """
+
+
+def debootstrap(cfg: Config, target: Path, packages: tuple[str, ...], *options: str) -> None:
+    """A minimal Debian SUITE with these packages into target, from the configured mirror."""
+    proc = run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(packages)}",
+            *options,
+            SUITE,
+            str(target),
+            cfg.mirror,
+        ],
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise HarnessError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")
 
 
 def recipe(cfg: Config) -> str:
@@ -83,13 +112,7 @@ def ensure_base(cfg: Config) -> tuple[Path, float | None]:
         if building.exists():
             shutil.rmtree(building)
         log(f"building base image {target.name} with debootstrap ({SUITE}); this is done once")
-        proc = run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), cfg.mirror],
-            check=False,
-        )
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise HarnessError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")
+        debootstrap(cfg, building, PACKAGES)
         run(["chroot", str(building), "/bin/sh", "-c", SETUP_SCRIPT.replace("@MIRROR@", cfg.mirror)])
         (building / ".complete").write_text(recipe(cfg))
         building.rename(target)

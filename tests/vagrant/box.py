@@ -49,9 +49,7 @@ GRUB_DONE = "box: grub installed"
 # Runs inside the new root (chroot) once, after debootstrap.
 SETUP_SCRIPT = f"""
 set -eu
-rm -f /etc/ssh/ssh_host_*
-: > /etc/machine-id
-rm -f /var/lib/dbus/machine-id
+{base.NO_IDENTITY}
 echo vagrant > /etc/hostname
 printf '127.0.0.1 localhost\\n127.0.1.1 vagrant\\n' > /etc/hosts
 printf 'LABEL=root / ext4 errors=remount-ro 0 1\\n' > /etc/fstab
@@ -62,9 +60,7 @@ printf '[Service]\\nExecStartPre=\\nExecStartPre=/usr/bin/ssh-keygen -A\\nExecSt
 # DHCP on any NIC Vagrant has not configured (its 50-vagrant-*.network files sort first).
 printf '[Match]\\nName=en* eth*\\n\\n[Network]\\nDHCP=yes\\n' > /etc/systemd/network/99-dhcp.network
 systemctl enable systemd-networkd.service systemd-resolved.service
-useradd --create-home --shell /bin/bash --groups sudo vagrant
-echo 'vagrant ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-vagrant
-chmod 0440 /etc/sudoers.d/90-vagrant
+{base.sudo_user("vagrant")}
 install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.ssh
 install -m 0600 -o vagrant -g vagrant /tmp/vagrant.pub /home/vagrant/.ssh/authorized_keys
 rm /tmp/vagrant.pub
@@ -143,16 +139,7 @@ def build(cfg: Config, work: Path, target: Path) -> None:
     log(f"building box {target.name}: debootstrap with a kernel and GRUB")
     debs = cfg.cache_dir / "box-debs"  # kept for the next build of a changed recipe
     debs.mkdir(exist_ok=True)
-    proc = run(
-        [
-            "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", f"--cache-dir={debs}",
-            base.SUITE, str(root), cfg.mirror,
-        ],
-        check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise HarnessError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")
+    base.debootstrap(cfg, root, PACKAGES, f"--cache-dir={debs}")
     shutil.copy(VAGRANT_PUBLIC_KEY, root / "tmp" / "vagrant.pub")
     run(["chroot", str(root), "/bin/sh", "-c", SETUP_SCRIPT.replace("@MIRROR@", cfg.mirror)])
     host.share_host_trust(root)
