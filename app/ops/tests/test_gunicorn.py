@@ -74,6 +74,11 @@ def gunicorn(tmp_path):
 def test_requests_over_several_workers_add_up_and_survive_a_worker_death(gunicorn):
     process, port, metrics_dir = gunicorn
     assert not (metrics_dir / "counter_99999.db").exists(), "stale metrics were not wiped at start"
+    # Every worker has loaded the app (post_worker_init set its live gauge) before the
+    # requests, or a slow machine leaves them all to the first worker up.
+    deadline = time.monotonic() + 30
+    while len(list(metrics_dir.glob("gauge_livesum_*.db"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
     for _ in range(30):
         get(port, "/healthz")
     served_by = {p.name for p in metrics_dir.glob("counter_*.db")}
