@@ -28,8 +28,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from replicas.config import from_env
-from tests.vagrant import box
-from tests.vagrant.libvirt import Libvirt
+from tests.vagrant import box, libvirt
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -110,7 +109,7 @@ VM_ENV = {
     "BLUEPRINT_STACK": "vagrant",
     "CHANNELS_SUBNET": "10.78.0.0/24",  # not the container replicas' network
     "CHANNELS_LIBVIRT_DRIVER": "qemu",
-    "CHANNELS_LIBVIRT_POOL": "channels-vagrant",
+    "CHANNELS_LIBVIRT_POOL": libvirt.POOL,
     "CHANNELS_MEMORY_DB": "2048",  # everything on one VM
     "CHANNELS_GRAFANA_INSTALL": "false",  # Grafana's repository is out of reach here
     "CHANNELS_ANSIBLE_EXTRA_VARS": "vars/local_stacks.yml",
@@ -142,17 +141,17 @@ def vm_stage() -> list[bool]:
         vm_down()
 
 
-def vm_libvirt() -> Libvirt:
-    return Libvirt(VM_STATE, ipaddress.ip_network(VM_ENV["CHANNELS_SUBNET"]), from_env())
+def vm_libvirt() -> libvirt.Libvirt:
+    return libvirt.Libvirt(VM_STATE, ipaddress.ip_network(VM_ENV["CHANNELS_SUBNET"]), from_env())
 
 
 def vm_down() -> None:
     """Whatever the VM tests left: VMs, then libvirt's daemon, networks and settings (`./stack down`)."""
     os.environ.update(VM_ENV)
-    libvirt = vm_libvirt()
-    if libvirt.daemon_pid() is not None:
+    daemon = vm_libvirt()
+    if daemon.daemon_pid() is not None:
         step("vagrant destroy", ["vagrant", "destroy", "--force"])
-    timed("libvirt down", libvirt.stop)
+    timed("libvirt down", daemon.stop)
 
 
 def main() -> int:

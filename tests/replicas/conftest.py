@@ -1,8 +1,8 @@
 """One stack per test run, shared by every test that needs one, always brought down.
 
 The stack is the container replicas, or with BLUEPRINT_STACK=vagrant the
-Vagrantfile's VMs (tests/vagrant/run.py sets that up); the test_blueprint_*
-files run on either. Files run in name order: test_blueprint_* (on the
+Vagrantfile's VMs (`./stack test-vm` sets that up); the test_blueprint_* files
+run on either. Files run in name order: test_blueprint_* (on the
 converged stack) before test_harness.py (replicas only), whose drills reboot,
 reset and finally remove the hosts.
 """
@@ -24,6 +24,7 @@ from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.topology import load
 from tests.ansible_cli import ansible
+from tests.run import VM_STATE
 from tests.stacks import ReplicaStack, VagrantStack
 
 __all__ = ["ansible"]  # the replica tests import it from here
@@ -90,7 +91,7 @@ def pytest_collection_modifyitems(items):
 def stack():
     """The topology under test, up for the whole session; down at the end even on failure."""
     if STACK_KIND == "vagrant":
-        under_test = VagrantStack(TOPOLOGY, ROOT / ".vagrant-suite")
+        under_test = VagrantStack(TOPOLOGY, VM_STATE)
     else:
         under_test = ReplicaStack(Harness(from_env()), TOPOLOGY)
     try:
