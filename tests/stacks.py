@@ -8,6 +8,7 @@ users apply it, and any other playbook against its inventory.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shlex
 import subprocess
@@ -110,8 +111,11 @@ class VagrantStack:
         return self.vagrant("provision")
 
     def playbook(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # The extra vars `vagrant provision` passes, in its order: the Vagrantfile's, then its files.
+        grafana = {"grafana_install": os.environ.get("CHANNELS_GRAFANA_INSTALL", "true") == "true"}
         files = ["vars/generated_secrets.yml", "inventories/vagrant/vars.yml", *extra_vars_files()]
-        extra = [arg for path in files for arg in ("--extra-vars", f"@{ROOT / 'ansible' / path}")]
+        extra = ["--extra-vars", json.dumps(grafana)]
+        extra += [arg for path in files for arg in ("--extra-vars", f"@{ROOT / 'ansible' / path}")]
         # SSH as Vagrant's provisioner sets it up: the machines are new on every `vagrant up`,
         # so their host keys are neither checked nor remembered.
         ssh = {"ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_SSH_COMMON_ARGS": "-o UserKnownHostsFile=/dev/null"}
