@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -199,7 +200,8 @@ def ensure_added(box: Path) -> None:
     """The box under BOX_NAME in Vagrant, replaced when the file changed."""
     stamp = box.name
     listed = subprocess.run(["vagrant", "box", "list", "--machine-readable"], capture_output=True, text=True).stdout
-    marker = Path.home() / ".vagrant.d" / "boxes" / BOX_NAME.replace("/", "-VAGRANTSLASH-") / ".channels-source"
+    vagrant_home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+    marker = vagrant_home / "boxes" / BOX_NAME.replace("/", "-VAGRANTSLASH-") / ".channels-source"
     if BOX_NAME in listed and marker.is_file() and marker.read_text() == stamp:
         return
     log(f"vagrant box add {BOX_NAME} from {box.name}")
