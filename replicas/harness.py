@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -211,7 +212,7 @@ class Harness:
             host.harvest_apt_cache(cfg, p)
             shutil.rmtree(p.root, ignore_errors=True)
         for pid in nspawn_pids_for(cfg.state_dir):
-            os.kill(pid, 9)
+            host.signal_if_alive(pid, signal.SIGKILL)
         umount_all(cfg.state_dir)
         cgroups.remove(cfg.cgroup_parent)
         network.remove_nft(cfg)

@@ -301,7 +301,7 @@ def stop(p: Paths, *, kill: bool = False, timeout: float = 30.0) -> None:
     nspawns = [pid for pid in pids if (pid_cmdline(pid) or [""])[0].endswith("systemd-nspawn")]
     if not kill:
         for pid in nspawns:
-            _signal(pid, signal.SIGTERM)
+            signal_if_alive(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(_alive(pid) for pid in container_pids(p)):
             time.sleep(0.2)
@@ -309,7 +309,7 @@ def stop(p: Paths, *, kill: bool = False, timeout: float = 30.0) -> None:
     if leftover and not kill:
         log(f"{p.root.name}: did not power off within {timeout:.0f}s; killing {leftover}")
     for pid in leftover:
-        _signal(pid, signal.SIGKILL)
+        signal_if_alive(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(pid) for pid in leftover):
         time.sleep(0.1)
@@ -319,7 +319,7 @@ def unmount(p: Paths) -> None:
     umount_all(p.root)
 
 
-def _signal(pid: int, sig: int) -> None:
+def signal_if_alive(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
