@@ -159,9 +159,14 @@ else:
 
 # --- WebSocket behaviour --------------------------------------------------------
 WS_MAX_CONNECTIONS_PER_USER = env.int("WS_MAX_CONNECTIONS_PER_USER", 3, minimum=1)
-# A connection's slot expires this long after its last heartbeat, so slots of
-# a crashed process free themselves; live connections renew every third of it.
+# A connection's slot expires this long after its last renewal, so slots of
+# a crashed process free themselves.
 WS_CONNECTION_SLOT_TTL = env.int("WS_CONNECTION_SLOT_TTL", 30, minimum=3)
+# Every open socket renews its slot and re-asserts its group memberships this
+# often: the bound on how long a socket stays deaf after Redis lost its state.
+WS_STATE_REFRESH_SECONDS = env.float("WS_STATE_REFRESH_SECONDS", 5.0, minimum=0.5)
+if WS_STATE_REFRESH_SECONDS * 2 >= WS_CONNECTION_SLOT_TTL:
+    env.error("WS_STATE_REFRESH_SECONDS must be under half of WS_CONNECTION_SLOT_TTL (slots lapse between renewals)")
 WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=128)
 LIVE_BATCH_INTERVAL = env.int("LIVE_BATCH_INTERVAL_MS", 100, minimum=10) / 1000
 LIVE_GROUP = "live_ticks"
@@ -170,6 +175,8 @@ LIVE_GROUP = "live_ticks"
 NOTIFY_API_TOKEN = env.str("NOTIFY_API_TOKEN")
 if NOTIFY_API_TOKEN and len(NOTIFY_API_TOKEN) < 24:
     env.error("NOTIFY_API_TOKEN must be at least 24 characters")
+# How long POST /api/notifications/ waits for the channel layer before 503 (with Retry-After).
+NOTIFY_SEND_TIMEOUT = env.float("NOTIFY_SEND_TIMEOUT", 2.0, minimum=0.1)
 READYZ_TIMEOUT = env.float("READYZ_TIMEOUT", 2.0, minimum=0.1)
 AGGREGATE_UPSTREAMS = {}
 for _item in env.list("AGGREGATE_UPSTREAMS"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.utils import timezone
 
 from realtime.layer import group_send
@@ -17,14 +20,21 @@ def event(message: str) -> dict:
 
 
 async def asend_notification(user_id: int, message: str) -> None:
-    """From async code (consumers, async views)."""
-    await group_send(group_name(user_id), event(message))
+    """From async code (consumers, async views); raises TimeoutError after NOTIFY_SEND_TIMEOUT.
+
+    Without a master (a failover in progress, every Redis down) the layer's
+    connections keep retrying for REDIS_RETRY_SECONDS; callers answering an
+    HTTP request must fail fast instead.
+    """
+    async with asyncio.timeout(settings.NOTIFY_SEND_TIMEOUT):
+        await group_send(group_name(user_id), event(message))
 
 
 def send_notification(user_id: int, message: str) -> None:
     """From sync code: views, signals, management commands, tasks.
 
     Reaches the user's sockets on every daphne process through the channel
-    layer; raises if the layer is unreachable.
+    layer; raises if the layer is unreachable or has no master for
+    NOTIFY_SEND_TIMEOUT seconds.
     """
     async_to_sync(asend_notification)(user_id, message)

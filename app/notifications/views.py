@@ -17,6 +17,9 @@ from .services import send_notification
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_LENGTH = 2000
+# When a client may try again after a 503: about one Sentinel failover
+# (down-after-milliseconds, 5 s by default, plus the election).
+RETRY_AFTER_SECONDS = 5
 
 
 def _error(status: int, message: str, **headers: str) -> JsonResponse:
@@ -68,5 +71,5 @@ def notifications_api(request: HttpRequest) -> JsonResponse:
         send_notification(user_id, message)
     except Exception:
         log.exception("notification could not be queued", extra={"user_id": user_id})
-        return _error(503, "channel layer unavailable")
+        return _error(503, "channel layer unavailable", **{"Retry-After": str(RETRY_AFTER_SECONDS)})
     return JsonResponse({"status": "queued", "user_id": user_id}, status=202)

@@ -20,6 +20,11 @@ WS_REJECTED = Counter(
 )
 WS_RECEIVED = Counter("websocket_messages_received", "WebSocket frames received.", ["consumer"])
 WS_SENT = Counter("websocket_messages_sent", "WebSocket frames sent.", ["consumer"])
+WS_STATE_LOST = Counter(
+    "websocket_state_lost",
+    "Open sockets that found their Redis state (connection slot, hence group memberships) gone and restored it.",
+    ["consumer"],
+)
 WS_BAD_INPUT = Counter("websocket_bad_input", "Frames answered with an error, by error code.", ["consumer", "error"])
 
 GROUP_SEND_SECONDS = Histogram(
@@ -41,9 +46,10 @@ HTTP_LATENCY = Histogram(
 
 # Label values known up front are exported from the start, at 0: an error or
 # rejection rate then reads 0 instead of "no data" until the first one.
-for _operation in ("group_send", "group_discard"):
+for _operation in ("group_send", "group_discard", "refresh"):
     LAYER_ERRORS.labels(_operation)
 for _consumer in ("notifications", "orders", "live"):
+    WS_STATE_LOST.labels(_consumer)
     for _reason in ("unauthenticated", "connection_limit"):
         WS_REJECTED.labels(_consumer, _reason)
 WS_REJECTED.labels("not_found", "no_route")

@@ -5,9 +5,13 @@ Handshake refusals (before the socket is accepted) reach the client as HTTP 403:
   - Origin not in ALLOWED_HOSTS (AllowedHostsOriginValidator)
   - unknown path under /ws/
 
-Close codes (after accept):
+Close codes (after accept). An application may only send 1000 or 3000-4999
+(RFC 6455 7.4.2; daphne raises on anything else, and the consumer would die
+before giving back its slot), so the app's own codes are 4000 + the nearest
+protocol or HTTP code:
   - 1000  normal closure
-  - 1009  MESSAGE_TOO_BIG: a frame over WS_MAX_MESSAGE_BYTES (default 64 KiB)
+  - 4009  MESSAGE_TOO_BIG: a frame over WS_MAX_MESSAGE_BYTES (default 64 KiB);
+          the protocol's own 1009, which only the server library may send
   - 4429  TOO_MANY_CONNECTIONS: the user already holds WS_MAX_CONNECTIONS_PER_USER
           sockets on this endpoint, counted across every daphne process and host
 
@@ -21,7 +25,7 @@ Error frames (the socket stays open): {"type": "error", "error": CODE, "detail":
   - internal_error        the server failed handling this message; retry later
 """
 
-MESSAGE_TOO_BIG = 1009
+MESSAGE_TOO_BIG = 4009
 TOO_MANY_CONNECTIONS = 4429
 
 INVALID_JSON = "invalid_json"

@@ -25,6 +25,7 @@ from ops.metrics import (
     WS_RECEIVED,
     WS_REJECTED,
     WS_SENT,
+    WS_STATE_LOST,
 )
 from realtime import closecodes, limits
 
@@ -39,12 +40,25 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
 
     opened = False
     slot_held = False
-    heartbeat: asyncio.Task | None = None
+    released = False
+    memberships: tuple[str, ...] = ()
+    keeper: asyncio.Task | None = None
 
     # -- lifecycle -----------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        # Channels calls disconnect() only when the client's disconnect arrives.
+        # A consumer also ends by an exception in any handler, by a failing
+        # layer read, or by cancellation (daphne cancels every application at
+        # shutdown and an unresponsive one after a disconnect): in each case
+        # what the socket held is given back here.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.release()
+
     async def connect(self) -> None:
         self.user = self.scope.get("user")
-        self.memberships: list[str] = []
+        self.memberships = []
         authenticated = bool(self.user and self.user.is_authenticated)
         if self.login_required and not authenticated:
             WS_REJECTED.labels(self.endpoint, "unauthenticated").inc()
@@ -58,12 +72,13 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
                 await self.close(code=closecodes.TOO_MANY_CONNECTIONS)
                 return
             self.slot_held = True
-            self.heartbeat = asyncio.create_task(self._renew_slot())
         await self.on_connect()
         await self.accept()
         self.opened = True
         WS_OPENED.labels(self.endpoint).inc()
         WS_CONNECTIONS.labels(self.endpoint).inc()
+        if self.slot_held or self.memberships:
+            self.keeper = asyncio.create_task(self._keep_state())
 
     async def websocket_disconnect(self, message: dict) -> None:
         # Channels' own version would group_discard only class-level groups;
@@ -74,14 +89,24 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
             raise StopConsumer()
 
     async def disconnect(self, code: int | None) -> None:
+        await self.release()
+
+    async def release(self) -> None:
+        """Give back everything the socket holds: gauge, tasks, groups, slot. Runs once; never raises."""
+        if self.released:
+            return
+        self.released = True
         if self.opened:
             self.opened = False
             WS_CONNECTIONS.labels(self.endpoint).dec()
             WS_CLOSED.labels(self.endpoint).inc()
-        if self.heartbeat:
-            self.heartbeat.cancel()
-        await self.on_disconnect()
-        for group in getattr(self, "memberships", []):
+        if self.keeper:
+            self.keeper.cancel()
+        try:
+            await self.on_disconnect()
+        except Exception:
+            log.warning("on_disconnect failed", exc_info=True)
+        for group in self.memberships:
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
             except Exception:
@@ -95,17 +120,27 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
                 # The slot lapses by itself after WS_CONNECTION_SLOT_TTL.
                 log.warning("connection slot release failed", exc_info=True)
 
-    async def _renew_slot(self) -> None:
-        interval = settings.WS_CONNECTION_SLOT_TTL / 3
+    async def _keep_state(self) -> None:
+        """Re-assert the slot and every group membership each WS_STATE_REFRESH_SECONDS.
+
+        Redis may lose them (a master restarted empty, a failover to a replica
+        that had not received them yet); an open socket then heals within one
+        interval instead of going deaf. A lost slot is counted: it means Redis
+        lost state, which the WebSocketStateLost alert reports.
+        """
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(settings.WS_STATE_REFRESH_SECONDS)
             try:
-                if not await limits.slots().renew(self.endpoint, self.user.pk, self.channel_name):
-                    # Lost (e.g. Redis restarted empty): take it again, even past the limit,
-                    # rather than drop a socket that was legitimately admitted.
-                    await limits.slots().acquire(self.endpoint, self.user.pk, self.channel_name)
+                if self.slot_held and not await limits.slots().renew(self.endpoint, self.user.pk, self.channel_name):
+                    WS_STATE_LOST.labels(self.endpoint).inc()
+                    # Take it again, even past the limit, rather than drop a socket
+                    # that was legitimately admitted.
+                    await limits.slots().acquire(self.endpoint, self.user.pk, self.channel_name, force=True)
+                for group in self.memberships:
+                    await self.channel_layer.group_add(group, self.channel_name)
             except Exception:
-                log.warning("connection slot renewal failed; retrying", exc_info=True)
+                LAYER_ERRORS.labels("refresh").inc()
+                log.warning("socket state refresh failed; retrying next interval", exc_info=True)
 
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
@@ -173,6 +208,5 @@ class NotFoundConsumer(AppConsumer):
     endpoint = "not_found"
 
     async def connect(self) -> None:
-        self.memberships = []
         WS_REJECTED.labels(self.endpoint, "no_route").inc()
         await self.close()

@@ -2,7 +2,7 @@
 
 Each open socket holds a slot: a member of the sorted set
 ``wslimit:<endpoint>:<user id>`` whose score is the time it expires. Sockets
-renew their slot every third of WS_CONNECTION_SLOT_TTL; a process that dies
+renew their slot every WS_STATE_REFRESH_SECONDS; a process that dies
 stops renewing, and its slots lapse on their own. Times come from the Redis
 server's clock, so hosts with skewed clocks agree.
 """
@@ -45,16 +45,16 @@ def _key(endpoint: str, user_id: int) -> str:
     return f"wslimit:{endpoint}:{user_id}"
 
 
+def _limit(force: bool) -> int:
+    """The user's limit, or none for a socket re-taking a slot Redis lost after admitting it."""
+    return 2**31 if force else settings.WS_MAX_CONNECTIONS_PER_USER
+
+
 class RedisSlots:
-    async def acquire(self, endpoint: str, user_id: int, member: str) -> bool:
+    async def acquire(self, endpoint: str, user_id: int, member: str, *, force: bool = False) -> bool:
         client = redis_client.shared_client()
         held = await client.eval(
-            _ACQUIRE,
-            1,
-            _key(endpoint, user_id),
-            member,
-            settings.WS_MAX_CONNECTIONS_PER_USER,
-            settings.WS_CONNECTION_SLOT_TTL,
+            _ACQUIRE, 1, _key(endpoint, user_id), member, _limit(force), settings.WS_CONNECTION_SLOT_TTL
         )
         return bool(held)
 
@@ -78,9 +78,9 @@ class LocalSlots:
         self.slots[key] = held
         return held
 
-    async def acquire(self, endpoint: str, user_id: int, member: str) -> bool:
+    async def acquire(self, endpoint: str, user_id: int, member: str, *, force: bool = False) -> bool:
         held = self._live(_key(endpoint, user_id))
-        if member not in held and len(held) >= settings.WS_MAX_CONNECTIONS_PER_USER:
+        if member not in held and len(held) >= _limit(force):
             return False
         held[member] = time.monotonic() + settings.WS_CONNECTION_SLOT_TTL
         return True

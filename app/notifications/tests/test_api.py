@@ -1,4 +1,6 @@
+import asyncio
 import json
+import time
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -101,6 +103,23 @@ def test_layer_failure_is_503(client, user, monkeypatch):
     monkeypatch.setattr(views, "send_notification", broken)
     response = post(client, {"user_id": user.pk, "message": "hi"}, Authorization=f"Bearer {TOKEN}")
     assert response.status_code == 503
+
+
+def test_a_layer_without_a_master_fails_fast_with_retry_after(client, user, settings, monkeypatch):
+    """No master (a failover in progress): the layer would retry for REDIS_RETRY_SECONDS."""
+    from realtime import layer
+
+    class Stalled:
+        async def group_send(self, group, message):
+            await asyncio.sleep(30)
+
+    settings.NOTIFY_SEND_TIMEOUT = 0.3
+    monkeypatch.setattr(layer, "get_channel_layer", Stalled)
+    started = time.monotonic()
+    response = post(client, {"user_id": user.pk, "message": "hi"}, Authorization=f"Bearer {TOKEN}")
+    assert response.status_code == 503
+    assert response["Retry-After"] == str(views.RETRY_AFTER_SECONDS)
+    assert time.monotonic() - started < 3
 
 
 def test_notify_command(user, monkeypatch):

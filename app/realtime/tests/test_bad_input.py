@@ -49,7 +49,7 @@ async def test_binary_frame_gets_an_error_frame(auth_headers):
 
 
 @pytest.mark.parametrize("kind", ["text", "bytes"])
-async def test_oversized_frame_closes_with_1009(auth_headers, settings, kind):
+async def test_oversized_frame_closes_with_4009(auth_headers, settings, kind):
     settings.WS_MAX_MESSAGE_BYTES = 1024
     communicator, _, _ = await connect("/ws/notifications/", auth_headers)
     if kind == "text":

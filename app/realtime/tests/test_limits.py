@@ -87,3 +87,29 @@ async def test_renewal_keeps_a_slot_and_reacquire_is_idempotent(redis_layer, set
         assert await slots.renew("orders", user.pk, "a")
     await slots.release("orders", user.pk, "a")
     assert not await slots.renew("orders", user.pk, "a")
+
+
+async def test_a_consumer_that_dies_in_a_handler_gives_back_its_slot_gauge_and_groups(auth_headers, user):
+    """An exception outside receive() ends the consumer without a disconnect: nothing may leak."""
+    from channels.layers import get_channel_layer
+    from prometheus_client import REGISTRY
+
+    from notifications.services import group_name
+
+    def gauge():
+        return REGISTRY.get_sample_value("websocket_connections", {"consumer": "notifications"}) or 0.0
+
+    before = gauge()
+    sockets = await open_sockets("/ws/notifications/", auth_headers, settings.WS_MAX_CONNECTIONS_PER_USER)
+    assert gauge() == before + len(sockets)
+    # A malformed event (no "message") makes every consumer's handler raise.
+    await get_channel_layer().group_send(group_name(user.pk), {"type": "notification.message"})
+    for communicator in sockets:
+        with pytest.raises(KeyError):
+            await communicator.wait(timeout=2)
+    assert gauge() == before
+    assert get_channel_layer().groups.get(group_name(user.pk), {}) == {}
+    # Every slot was given back: the user gets the full limit again.
+    again = await open_sockets("/ws/notifications/", auth_headers, settings.WS_MAX_CONNECTIONS_PER_USER)
+    for communicator in again:
+        await communicator.disconnect()

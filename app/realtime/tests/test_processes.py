@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from realtime import closecodes
 from testing import free_port, wait_for_port
 
 APP = Path(__file__).resolve().parents[2]
@@ -76,7 +78,7 @@ print(s.session_key)
 
 @pytest.fixture(scope="module")
 def pool(redis_server, tmp_path_factory):
-    """Two daphne processes, one SQLite file, one Redis; sessions for alice, bob and carol."""
+    """Two daphne processes, one SQLite file, one Redis; sessions for alice, bob, carol, dave and erin."""
     redis_server.cli("FLUSHALL")
     workdir = tmp_path_factory.mktemp("pool")
     env = {
@@ -89,12 +91,14 @@ def pool(redis_server, tmp_path_factory):
         "DJANGO_SECURE_COOKIES": "0",
         "DJANGO_BEHIND_PROXY": "0",
         "WS_CONNECTION_SLOT_TTL": "3",
+        "WS_STATE_REFRESH_SECONDS": "1",
+        "WS_MAX_MESSAGE_BYTES": "1024",
         "LOG_LEVEL": "WARNING",
     }
     manage(env, "migrate", "--noinput")
     sessions = {
         name: manage(env, "shell", "-c", MAKE_SESSION.format(name=name)).splitlines()[-1]
-        for name in ("alice", "bob", "carol")
+        for name in ("alice", "bob", "carol", "dave", "erin")
     }
     processes = [Daphne(env, workdir).start(), Daphne(env, workdir).start()]
     yield {"env": env, "sessions": sessions, "a": processes[0], "b": processes[1], "workdir": workdir}
@@ -187,3 +191,59 @@ async def test_an_idle_socket_outlives_the_redis_timeouts_and_still_receives(poo
         assert message["message"] == "after a long silence"
     log = (pool["workdir"] / f"daphne-{pool['b'].port}.log").read_text()
     assert "TimeoutError" not in log
+
+
+def gauge(metrics: str, consumer: str) -> float:
+    match = re.search(rf'^websocket_connections{{consumer="{consumer}"}} (\S+)$', metrics, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def counter(metrics: str, name: str, consumer: str) -> float:
+    match = re.search(rf'^{name}_total{{consumer="{consumer}"}} (\S+)$', metrics, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_oversized_frames_close_with_4009_and_give_back_every_slot(pool):
+    """Daphne refuses to send 1009 from an application: the close must not kill the consumer."""
+    for _ in range(10):
+        async with open_socket(pool, pool["b"], "dave", "/ws/orders/") as ws:
+            await ws.send(json.dumps({"order_id": 1, "pad": "x" * 2000}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd.code == closecodes.MESSAGE_TOO_BIG
+    # Slots given back at once: the limit (3) admits three new sockets, none refused with 4429.
+    sockets = [await open_socket(pool, pool["b"], "dave", "/ws/orders/") for _ in range(3)]
+    try:
+        for ws in sockets:
+            await ws.send('{"type": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
+        assert gauge(await asyncio.to_thread(pool["b"].metrics), "orders") == 3
+    finally:
+        for ws in sockets:
+            await ws.close()
+    deadline = time.monotonic() + 5
+    while gauge(await asyncio.to_thread(pool["b"].metrics), "orders") != 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert gauge(await asyncio.to_thread(pool["b"].metrics), "orders") == 0
+    log = (pool["workdir"] / f"daphne-{pool['b'].port}.log").read_text()
+    assert "invalid close code" not in log
+    assert "Exception inside application" not in log
+
+
+async def test_sockets_heal_their_memberships_after_redis_lost_everything(pool, redis_server):
+    """A master restarted empty: open sockets re-join their groups within WS_STATE_REFRESH_SECONDS (1 s here)."""
+    before = counter(await asyncio.to_thread(pool["a"].metrics), "websocket_state_lost", "notifications")
+    async with open_socket(pool, pool["a"], "erin") as ws:
+        await ws.send('{"type": "ping"}')
+        await asyncio.wait_for(ws.recv(), 5)
+        redis_server.cli("FLUSHALL")
+        deadline = time.monotonic() + 10
+        received = None
+        while received is None and time.monotonic() < deadline:
+            await asyncio.to_thread(manage, pool["env"], "notify", "erin", "after the wipe")
+            with contextlib.suppress(TimeoutError):
+                received = json.loads(await asyncio.wait_for(ws.recv(), 1))
+        assert received is not None, "the socket never re-joined its group"
+        assert received["message"] == "after the wipe"
+        after = counter(await asyncio.to_thread(pool["a"].metrics), "websocket_state_lost", "notifications")
+        assert after == before + 1
