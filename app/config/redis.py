@@ -1,12 +1,24 @@
 """How the app talks to Redis: one connection policy for the channel layer and
 for the app's own clients (connection limit, readiness check).
 
-Two traps decide the values below (both seen on this stack):
+These traps decide the values below (all seen on this stack):
 
 * redis-py 8 defaults ``socket_timeout`` to 5 s, exactly channels_redis's 5 s
   blocking read (BZPOPMIN): an idle consumer's read times out, the error
   reaches the consumer and its WebSocket closes. The socket timeout must stay
-  well above ``BLOCKING_READ_SECONDS``.
+  above ``BLOCKING_READ_SECONDS``.
+* A master whose host vanished answers nothing, not even a reset: every
+  command sent to it waits the whole socket timeout. With the layer's 5 s
+  blocking read (hence a 10 s timeout) a process's read of its channel hung
+  10 s after the loss, and messages expire after 10 s: they were lost. The
+  blocking read is 1 s here (``FailoverAwareChannelLayer``), so the timeout
+  can be 3 s and a dead master is noticed before Sentinel has even elected
+  the next one.
+* redis-py's clients retry 10 times by default; a sentinel client asked on a
+  host that is gone then spent about 25 s before ``discover_master`` moved
+  on to the next sentinel (every notification failed while the first
+  sentinel listed was down). Sentinel clients here never retry and time out
+  within a second: the next sentinel is asked instead.
 * channels_redis hands each Redis error to the consumer, which then closes the
   socket. During a Sentinel failover the first command after it fails, and a
   blocked read on the demoted master is answered ``-UNBLOCKED``. Both must be
@@ -22,13 +34,16 @@ from __future__ import annotations
 
 import time
 
+from channels_redis.core import RedisChannelLayer
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-# channels_redis.core.RedisChannelLayer.brpop_timeout
-BLOCKING_READ_SECONDS = 5
+# The channel layer's blocking read of a process's channel (BZPOPMIN), seconds.
+BLOCKING_READ_SECONDS = 1
+# A sentinel that does not answer within this is skipped for the next one.
+SENTINEL_TIMEOUT_SECONDS = 1.0
 # How stale a connection's idea of the master may be before a command re-asks Sentinel.
 MASTER_CHECK_SECONDS = 1.0
 
@@ -129,7 +144,11 @@ def layer_host(spec: dict) -> dict:
     options = connection_options(spec["socket_timeout"], spec["retry_seconds"])
     if spec["mode"] == "url":
         return {"address": spec["url"], **options}
-    sentinel_kwargs = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    sentinel_kwargs = {
+        "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if spec.get("sentinel_password"):
         sentinel_kwargs["password"] = spec["sentinel_password"]
     if spec.get("tls"):
@@ -149,10 +168,16 @@ def layer_host(spec: dict) -> dict:
     return host
 
 
+class FailoverAwareChannelLayer(RedisChannelLayer):
+    """channels_redis's layer with a short blocking read (see the module's docstring)."""
+
+    brpop_timeout = BLOCKING_READ_SECONDS
+
+
 def channel_layer(spec: dict, **options) -> dict:
     """The CHANNEL_LAYERS entry for a Redis spec: channels_redis with one hosts entry."""
     return {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "config.redis.FailoverAwareChannelLayer",
         "CONFIG": {"hosts": [layer_host(spec)], **options},
     }
 

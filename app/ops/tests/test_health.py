@@ -31,7 +31,7 @@ async def test_readyz_checks_the_real_redis(async_client, redis_layer):
     body = (await async_client.get("/readyz")).json()
     assert body["status"] == "ok", body
     assert body["checks"]["redis"]["role"] == "master"
-    assert body["checks"]["channel_layer"]["backend"] == "RedisChannelLayer"
+    assert body["checks"]["channel_layer"]["backend"] == "FailoverAwareChannelLayer"
 
 
 @pytest.mark.redis

@@ -48,11 +48,11 @@ def test_production_settings_build_one_sentinel_host_entry():
     config = json.loads(result.stdout)
     assert config == {
         "db": "django.db.backends.postgresql",
-        "backend": "channels_redis.core.RedisChannelLayer",
+        "backend": "config.redis.FailoverAwareChannelLayer",
         "hosts": 1,
         "sentinels": [["10.0.0.1", 26379], ["10.0.0.2", 26379], ["10.0.0.3", 26379]],
         "master": "channels",
-        "socket_timeout": 10.0,
+        "socket_timeout": 3.0,
         "conn": "FailoverAwareConnection",
         "sentinel_password": "s",
         "debug": False,
@@ -70,7 +70,7 @@ def test_production_settings_build_one_sentinel_host_entry():
         ({"DATABASE_URL": "nosuchdb://x"}, "DATABASE_URL is not usable"),
         ({"REDIS_SENTINELS": None}, "no channel layer"),
         ({"REDIS_SENTINELS": "10.0.0.1"}, "is not host:port"),
-        ({"REDIS_SOCKET_TIMEOUT": "5"}, "REDIS_SOCKET_TIMEOUT=5.0 must be at least 6"),
+        ({"REDIS_SOCKET_TIMEOUT": "1"}, "REDIS_SOCKET_TIMEOUT=1.0 must be at least 2"),
         ({"DJANGO_DEBUG": "maybe"}, "is not a boolean"),
         ({"WS_MAX_CONNECTIONS_PER_USER": "0"}, "must be at least 1"),
         ({"METRICS_ALLOWED_NETWORKS": "not-a-net"}, "is not a network"),

@@ -63,7 +63,7 @@ async def test_open_socket_survives_a_failover_and_receives_from_the_new_master(
         "sentinels": [("127.0.0.1", s.port) for s in sentinels],
         "master_name": MASTER,
         "db": 0,
-        "socket_timeout": 10.0,
+        "socket_timeout": 3.0,
         "retry_seconds": 20.0,
     }
     for name, value in redis_settings(spec).items():
