@@ -1,4 +1,9 @@
-"""Gunicorn hooks for Prometheus multiprocess metrics (``gunicorn -c python:config.gunicorn``).
+"""Gunicorn hooks for Prometheus multiprocess metrics (``gunicorn -c config/gunicorn.py``).
+
+Load it by path: ``-c python:config.gunicorn`` would import the ``config``
+package into the master, and every worker forked after a graceful reload
+(HUP) would inherit that release's settings instead of the new one's. For
+the same reason the hooks import app modules only inside workers.
 
 Sizes (workers, threads, timeouts, bind) come from the command line or
 GUNICORN_CMD_ARGS; this file only keeps the metrics directory right:

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def gunicorn(tmp_path):
             "-m",
             "gunicorn",
             "-c",
-            "python:config.gunicorn",
+            "config/gunicorn.py",
             "--workers",
             "3",
             "--bind",
@@ -95,3 +96,66 @@ def test_requests_over_several_workers_add_up_and_survive_a_worker_death(gunicor
     while (workers := live_workers(get(port, "/metrics"))) != 3 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert workers == 3
+
+
+def test_a_graceful_reload_serves_the_new_release_with_its_own_config(tmp_path):
+    """deploy.yml switches the `current` link and sends HUP: new workers must load all of the new release.
+
+    Loaded as python:config.gunicorn, the hooks imported the config package into the master,
+    and reloaded workers ran the new code with the old release's config (settings, urls).
+    """
+    releases = tmp_path / "releases"
+    skip = shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache", "*.sqlite3", "staticfiles")
+    for name in ("a", "b"):
+        shutil.copytree(APP, releases / name, ignore=skip)
+    with (releases / "b" / "config" / "urls.py").open("a") as urls:
+        urls.write("\nfrom django.http import HttpResponse  # noqa: E402\n")
+        urls.write('urlpatterns += [path("release", lambda request: HttpResponse("b"))]\n')
+    current = tmp_path / "current"
+    current.symlink_to(releases / "a")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "PROMETHEUS_"))},
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_SECRET_KEY": "gunicorn-test-secret-key-0123456789abcdefghij",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CHANNEL_LAYER": "memory",
+    }
+    # As the unit runs it: started inside the release, --chdir and the hooks through the link.
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(current / "config" / "gunicorn.py"),
+            "--chdir",
+            str(current),
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "config.wsgi:application",
+        ],
+        cwd=current.resolve(),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=30)
+        next_link = tmp_path / "current.new"
+        next_link.symlink_to(releases / "b")
+        next_link.replace(current)
+        process.send_signal(signal.SIGHUP)
+        deadline, served = time.monotonic() + 30, None
+        while served != "b" and time.monotonic() < deadline:
+            try:
+                served = get(port, "/release")
+            except OSError:
+                time.sleep(0.3)
+        assert served == "b", "reloaded workers still route with the old release's config.urls"
+    finally:
+        process.terminate()
+        process.wait(10)
