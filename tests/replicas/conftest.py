@@ -198,3 +198,17 @@ def open_ws(site, path: str, *, session: bool = True, origin: str | None = None)
         additional_headers=headers,
         open_timeout=10,
     )
+
+
+def instance_gauges(hosts, stack, consumer: str) -> dict[str, float]:
+    """websocket_connections{consumer=...} of every daphne instance, scraped from the monitoring host."""
+    values = {}
+    for h in stack.topology.group("ws"):
+        address = stack.address(h.name)
+        ports = hosts[h.name].run("systemctl list-units --plain --no-legend 'daphne@*.service'").stdout
+        for port in re.findall(r"daphne@(\d+)\.service", ports):
+            scrape = hosts[first("monitoring")].run("curl -sf http://%s:%s/metrics", address, port)
+            assert scrape.rc == 0, scrape.stderr
+            match = re.search(rf'^websocket_connections\{{consumer="{consumer}"\}} (\S+)$', scrape.stdout, re.M)
+            values[f"{h.name}:{port}"] = float(match.group(1)) if match else 0.0
+    return values

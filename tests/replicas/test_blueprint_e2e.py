@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.replicas.conftest import first, names, open_ws, sentinel_failover
+from tests.replicas.conftest import instance_gauges, names, open_ws, sentinel_failover
 
 
 def test_http_goes_to_https_and_metrics_are_never_proxied(site):
@@ -21,7 +20,7 @@ def test_http_goes_to_https_and_metrics_are_never_proxied(site):
     assert site["client"].get("/static/realtime/socket.js").status_code == 200
     ready = site["client"].get("/readyz").json()
     assert ready["status"] == "ok", ready
-    assert ready["checks"]["channel_layer"]["backend"] == "RedisChannelLayer"
+    assert ready["checks"]["channel_layer"]["backend"] == "FailoverAwareChannelLayer"
 
 
 async def test_a_notification_posted_to_the_http_pool_reaches_the_socket(site):
@@ -59,24 +58,10 @@ async def test_the_fourth_socket_of_a_user_is_refused_across_hosts(site):
             await ws.close()
 
 
-def instance_gauges(hosts, stack) -> dict[str, float]:
-    """websocket_connections{consumer="live"} of every daphne instance, scraped from the monitoring host."""
-    values = {}
-    for h in stack.topology.group("ws"):
-        address = stack.address(h.name)
-        ports = hosts[h.name].run("systemctl list-units --plain --no-legend 'daphne@*.service'").stdout
-        for port in re.findall(r"daphne@(\d+)\.service", ports):
-            scrape = hosts[first("monitoring")].run("curl -sf http://%s:%s/metrics", address, port)
-            assert scrape.rc == 0, scrape.stderr
-            match = re.search(r'^websocket_connections\{consumer="live"\} (\S+)$', scrape.stdout, re.M)
-            values[f"{h.name}:{port}"] = float(match.group(1)) if match else 0.0
-    return values
-
-
 async def test_forty_sockets_spread_over_every_daphne_instance_of_both_hosts(site, hosts, stack):
     sockets = [await open_ws(site, "/ws/live/", session=False) for _ in range(40)]
     try:
-        gauges = await asyncio.to_thread(instance_gauges, hosts, stack)
+        gauges = await asyncio.to_thread(instance_gauges, hosts, stack, "live")
         print(f"\nfigure: live sockets per daphne instance: {gauges}")
         assert sum(gauges.values()) == 40
         assert len(gauges) >= 2 * len(stack.topology.group("ws"))

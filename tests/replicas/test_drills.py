@@ -1,0 +1,271 @@
+"""Drills: faults a production stack meets, driven from outside through nginx, counted.
+
+Each drill injects the fault as it happens for real (SIGKILL, a process gone
+without a goodbye), keeps traffic flowing through it, prints what was accepted,
+delivered and lost and how long service took to come back (`figure:` lines),
+and asserts the bound the blueprint promises. Every loop is bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.replicas.conftest import STACK_KIND, first, instance_gauges, master_address, names, open_ws, redis_cli
+
+# How often the drills post a notification, and for how long after the fault.
+POST_EVERY = 1.0
+TRAFFIC_AFTER_FAULT = 30.0
+
+
+async def wait_until(predicate, seconds: float, every: float = 0.5):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(every)
+
+
+async def pong(ws, seconds: float = 10) -> bool:
+    """The socket still serves: a ping is answered (frames arriving meanwhile are skipped)."""
+    await ws.send('{"type": "ping"}')
+    async with asyncio.timeout(seconds):
+        while json.loads(await ws.recv()) != {"type": "pong"}:
+            pass
+    return True
+
+
+class NotificationTraffic:
+    """Numbered notifications posted at a steady rate; what each socket received, and when."""
+
+    def __init__(self, site, sockets):
+        self.site, self.sockets = site, sockets
+        self.posts: dict[int, dict] = {}
+        self.received: list[dict[int, float]] = [{} for _ in sockets]
+        self.closed: list[int] = []
+
+    async def _read(self, index: int, ws) -> None:
+        try:
+            async for frame in ws:
+                message = json.loads(frame)
+                if message.get("type") == "notification" and message["message"].startswith("drill "):
+                    self.received[index].setdefault(int(message["message"].split()[1]), time.monotonic())
+        except ConnectionClosed as closed:
+            self.closed.append(closed.rcvd.code if closed.rcvd else 1006)
+
+    async def _post(self, client: httpx.AsyncClient, seq: int) -> None:
+        sent = time.monotonic()
+        try:
+            response = await client.post(
+                "/api/notifications/",
+                json={"user_id": self.site["user_id"], "message": f"drill {seq}"},
+                headers={"Authorization": f"Bearer {self.site['token']}"},
+            )
+            status = response.status_code
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        self.posts[seq] = {"sent": sent, "status": status, "seconds": time.monotonic() - sent}
+
+    async def run(self, seconds: float, fault=None, fault_after: float = 3.0) -> float | None:
+        """Post for `seconds`, calling `fault()` (in a thread) after `fault_after`; returns the fault's time."""
+        readers = [asyncio.create_task(self._read(i, ws)) for i, ws in enumerate(self.sockets)]
+        posts, faulted_at = [], None
+        async with httpx.AsyncClient(base_url=self.site["base"], verify=self.site["ssl"], timeout=10) as client:
+            started = time.monotonic()
+            seq = 0
+            while time.monotonic() - started < seconds:
+                if fault and faulted_at is None and time.monotonic() - started >= fault_after:
+                    faulted_at = time.monotonic()
+                    await asyncio.to_thread(fault)
+                posts.append(asyncio.create_task(self._post(client, seq)))
+                seq += 1
+                await asyncio.sleep(POST_EVERY)
+            await asyncio.gather(*posts)
+        await asyncio.sleep(3)  # the last ones in flight
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        return faulted_at
+
+    def accepted(self) -> list[int]:
+        return sorted(seq for seq, post in self.posts.items() if post["status"] == 202)
+
+    def delivered_everywhere(self, seq: int) -> float | None:
+        times = [got.get(seq) for got in self.received]
+        return None if None in times else max(times)
+
+    def resumed_after(self, since: float) -> tuple[float | None, list[int]]:
+        """Seconds from `since` until delivery resumed for good, and the accepted posts lost before that.
+
+        Resumed: the first post after `since` from which on every accepted post reached every socket.
+        """
+        after = [seq for seq in self.accepted() if self.posts[seq]["sent"] >= since]
+        for i, seq in enumerate(after):
+            if all(self.delivered_everywhere(later) for later in after[i:]):
+                lost = [s for s in after[:i] if not self.delivered_everywhere(s)]
+                return self.delivered_everywhere(seq) - since, lost
+        return None, [s for s in after if not self.delivered_everywhere(s)]
+
+
+@pytest.mark.skipif(len(names("redis")) < 2, reason="a single Redis host has no replica to fail over to")
+async def test_a_redis_master_killed_is_failed_over_and_open_sockets_keep_receiving(site, hosts, secrets, stack):
+    """SIGKILL of the master's redis-server (what the OOM killer does), notifications every second."""
+    redis_hosts = names("redis")
+    master = await asyncio.to_thread(master_address, hosts, secrets, redis_hosts[0])
+    victim = next(name for name in redis_hosts if stack.address(name) == master)
+    sockets = [await open_ws(site, "/ws/notifications/") for _ in range(3)]
+    traffic = NotificationTraffic(site, sockets)
+    try:
+        killed_at = await traffic.run(
+            3 + TRAFFIC_AFTER_FAULT, fault=lambda: hosts[victim].run("systemctl kill -s KILL redis-server")
+        )
+        resumed, lost = traffic.resumed_after(killed_at)
+        open_after = sum(1 for ws in sockets if ws.state.name == "OPEN")
+    finally:
+        for ws in sockets:
+            await ws.close()
+    statuses = [post["status"] for post in traffic.posts.values()]
+    slowest = max(post["seconds"] for post in traffic.posts.values())
+    print(
+        f"\nfigure: drill SIGKILL redis master ({victim}): delivery resumed after "
+        f"{resumed if resumed is None else round(resumed, 1)} s; {len(statuses)} posted, "
+        f"{statuses.count(202)} accepted, {statuses.count(503)} refused with 503, "
+        f"{len(lost)} accepted and lost {lost}; slowest POST {slowest:.1f} s; "
+        f"sockets open after {open_after}/{len(sockets)}"
+    )
+    assert resumed is not None, f"delivery never resumed: {traffic.posts}"
+    assert resumed <= 10
+    assert open_after == len(sockets)
+    assert traffic.closed == []
+
+    # The crashed master comes back (after redis_restart_sec) as the new master's replica, linked.
+    assert await wait_until(lambda: rejoined_as_replica(hosts, secrets, victim), 60)
+
+
+def rejoined_as_replica(hosts, secrets, name: str) -> bool:
+    role = redis_cli(hosts[name], secrets["redis_password"], "ROLE").stdout.split()
+    return role[:1] == ["slave"] and role[-2:-1] == ["connected"]
+
+
+@pytest.mark.skipif(STACK_KIND != "replicas" or len(names("redis")) < 3, reason="needs the harness and 3 Redis hosts")
+async def test_the_redis_masters_host_lost_five_times_in_a_row(site, hosts, secrets, stack):
+    """The master's whole host gone without a goodbye (`stop --kill`), five trials, notifications every second."""
+    redis_hosts, trials = names("redis"), []
+    for _ in range(5):
+        master = await asyncio.to_thread(master_address, hosts, secrets, redis_hosts[0])
+        victim = next(name for name in redis_hosts if stack.address(name) == master)
+        sockets = [await open_ws(site, "/ws/notifications/") for _ in range(3)]
+        traffic = NotificationTraffic(site, sockets)
+        try:
+            lost_at = await traffic.run(
+                3 + TRAFFIC_AFTER_FAULT, fault=lambda victim=victim: stack.harness.stop(victim, kill=True)
+            )
+            resumed, lost = traffic.resumed_after(lost_at)
+            open_after = sum(1 for ws in sockets if ws.state.name == "OPEN")
+        finally:
+            for ws in sockets:
+                await ws.close()
+            await asyncio.to_thread(stack.harness.start, victim)
+        statuses = [post["status"] for post in traffic.posts.values()]
+        trials.append(
+            {
+                "victim": victim,
+                "resumed": resumed if resumed is None else round(resumed, 1),
+                "accepted": statuses.count(202),
+                "refused_503": statuses.count(503),
+                "failed": [s for s in statuses if s not in (202, 503)],
+                "lost": len(lost),
+                "slowest_post": round(max(post["seconds"] for post in traffic.posts.values()), 1),
+                "open_after": open_after,
+            }
+        )
+        assert await wait_until(lambda victim=victim: rejoined_as_replica(hosts, secrets, victim), 90), victim
+    for number, trial in enumerate(trials, 1):
+        print(f"\nfigure: drill master host lost, trial {number}: {trial}")
+    assert all(trial["resumed"] is not None and trial["resumed"] <= 10 for trial in trials), trials
+    assert all(trial["slowest_post"] <= 3 and not trial["failed"] for trial in trials), trials
+    assert all(trial["open_after"] == 3 for trial in trials), trials
+
+
+async def test_oversized_frames_through_nginx_close_with_4009_and_leak_nothing(site, hosts, stack):
+    """Ten frames over WS_MAX_MESSAGE_BYTES: each socket closes with 4009, every slot and gauge comes back."""
+    codes = []
+    for _ in range(10):
+        async with open_ws(site, "/ws/orders/") as ws:
+            await ws.send(json.dumps({"order_id": 1, "pad": "x" * (128 * 1024)}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            codes.append(closed.value.rcvd.code)
+    assert codes == [4009] * 10
+    # No slot leaked: the user opens the full limit (3) at once, none refused with 4429.
+    sockets = [await open_ws(site, "/ws/orders/") for _ in range(3)]
+    try:
+        for ws in sockets:
+            assert await pong(ws)
+    finally:
+        for ws in sockets:
+            await ws.close()
+    gauges = await wait_until(lambda: sum(instance_gauges(hosts, stack, "orders").values()) == 0, 15)
+    print(f"\nfigure: drill 10 oversized frames: close codes {set(codes)}; orders gauge back to 0: {gauges}")
+    assert gauges, instance_gauges(hosts, stack, "orders")
+
+
+async def test_a_daphne_instance_killed_closes_only_its_sockets_and_they_reconnect(site, hosts, stack):
+    """SIGKILL of one daphne@ under 100 live sockets: its sockets close, reconnect elsewhere within 5 s."""
+    victim_host = first("ws")
+    sockets = [await open_ws(site, "/ws/live/", session=False) for _ in range(100)]
+    try:
+        gauges = await asyncio.to_thread(instance_gauges, hosts, stack, "live")
+        victim = max((key for key in gauges if key.startswith(f"{victim_host}:")), key=gauges.get)
+        held = int(gauges[victim])
+        assert held > 0, gauges
+        closed_at: dict[int, float] = {}
+        reconnected: dict[int, float] = {}
+
+        async def watch(index, ws):
+            # Serves until the socket closes, then reconnects at once and every 200 ms
+            # after (the browser client backs off from 500 ms; this measures the stack).
+            with contextlib.suppress(ConnectionClosed):
+                async for _ in ws:
+                    pass
+            closed_at[index] = time.monotonic()
+            while time.monotonic() - closed_at[index] < 30:
+                try:
+                    sockets[index] = await open_ws(site, "/ws/live/", session=False)
+                    reconnected[index] = time.monotonic() - closed_at[index]
+                    return
+                except Exception:
+                    await asyncio.sleep(0.2)
+
+        watchers = [asyncio.create_task(watch(i, ws)) for i, ws in enumerate(sockets)]
+        port = victim.split(":")[1]
+        await asyncio.to_thread(hosts[victim_host].run, f"systemctl kill -s KILL daphne@{port}")
+        await asyncio.sleep(10)
+        dropped = sorted(closed_at)
+        await asyncio.gather(*(watchers[i] for i in dropped))
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        for ws in sockets:
+            assert await pong(ws)
+    finally:
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.close()
+    slowest = max(reconnected.values(), default=0.0)
+    print(
+        f"\nfigure: drill SIGKILL daphne {victim} under 100 sockets: it held {held}, {len(dropped)} closed, "
+        f"{len(reconnected)} reconnected, slowest reconnect {slowest:.2f} s"
+    )
+    assert len(dropped) == held
+    assert len(reconnected) == held
+    assert slowest <= 5
+    back_to_zero = await wait_until(lambda: sum(instance_gauges(hosts, stack, "live").values()) == 0, 15)
+    assert back_to_zero, instance_gauges(hosts, stack, "live")
