@@ -4,6 +4,9 @@ from orders.models import Order
 from realtime import closecodes
 from realtime.consumers import AppConsumer
 
+# The largest primary key (BigAutoField): a larger id would fail in the database, not as "not found".
+MAX_ORDER_ID = 2**63 - 1
+
 
 @database_sync_to_async
 def get_own_order(user_id: int, order_id: int) -> dict | None:
@@ -21,7 +24,7 @@ class OrderConsumer(AppConsumer):
             await super().handle(content)
             return
         order_id = content.get("order_id")
-        if not isinstance(order_id, int) or isinstance(order_id, bool) or order_id < 1:
+        if not isinstance(order_id, int) or isinstance(order_id, bool) or not 1 <= order_id <= MAX_ORDER_ID:
             await self.send_error(closecodes.INVALID_FIELD, "order_id must be a positive integer")
             return
         order = await get_own_order(self.user.pk, order_id)

@@ -12,6 +12,8 @@ protocol or HTTP code:
   - 1000  normal closure
   - 4009  MESSAGE_TOO_BIG: a frame over WS_MAX_MESSAGE_BYTES (default 64 KiB);
           the protocol's own 1009, which only the server library may send
+  - 1006  (no close frame) a text frame that is not valid UTF-8: daphne drops
+          the connection itself, before the app sees the frame
   - 4429  TOO_MANY_CONNECTIONS: the user already holds WS_MAX_CONNECTIONS_PER_USER
           sockets on this endpoint, counted across every daphne process and host
 

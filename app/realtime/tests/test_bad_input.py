@@ -25,6 +25,7 @@ async def assert_still_serving(communicator):
         (json.dumps({"order_id": "7"}), closecodes.INVALID_FIELD),
         (json.dumps({"order_id": True}), closecodes.INVALID_FIELD),
         (json.dumps({"order_id": -3}), closecodes.INVALID_FIELD),
+        (json.dumps({"order_id": 2**63}), closecodes.INVALID_FIELD),
         (json.dumps({}), closecodes.INVALID_FIELD),
     ],
 )
