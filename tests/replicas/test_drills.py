@@ -9,13 +9,15 @@ and asserts the bound the blueprint promises. Every loop is bounded in time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import re
 import time
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.replicas.conftest import STACK_KIND, first, instance_gauges, master_address, names, open_ws, redis_cli
 
@@ -269,3 +271,122 @@ async def test_a_daphne_instance_killed_closes_only_its_sockets_and_they_reconne
     assert slowest <= 5
     back_to_zero = await wait_until(lambda: sum(instance_gauges(hosts, stack, "live").values()) == 0, 15)
     assert back_to_zero, instance_gauges(hosts, stack, "live")
+
+
+# Users created on the stack for the fuzz drill, each with a session cookie.
+SESSIONS_FOR = """
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+for n in range({count}):
+    user, _ = get_user_model().objects.get_or_create(username=f"drill-{{n}}")
+    s = SessionStore()
+    s[SESSION_KEY], s[BACKEND_SESSION_KEY] = str(user.pk), "django.contrib.auth.backends.ModelBackend"
+    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    s.create()
+    print("session", s.session_key)
+"""
+
+# What the fuzz drill sends, and the answer each must get (an error code, or a close code).
+BAD_FRAMES = [
+    ("not json {", "invalid_json"),
+    ("[1, 2, 3]", "invalid_message"),
+    ('"a string"', "invalid_message"),
+    (json.dumps({"type": "launch.missiles"}), "unknown_type"),
+    (json.dumps({"order_id": "7"}), "invalid_field"),
+    (json.dumps({"order_id": -3}), "invalid_field"),
+    (json.dumps({"order_id": 10**12}), "not_found"),
+    (json.dumps({"order_id": 2**63}), "invalid_field"),  # past the database's bigint
+    (b"\x00\x01binary", "binary_not_supported"),
+    (['{"type": ', '"ping"}'], "pong"),  # fragmented, valid once reassembled
+    # A text frame that is not UTF-8: daphne drops the connection (1006), or closes it with 1007.
+    (b"\xff\xfe not utf-8", (1006, 1007)),
+    (json.dumps({"order_id": 1, "pad": "x" * (128 * 1024)}), 4009),
+]
+
+
+async def answer_to(ws, frame) -> str | int:
+    """Send one bad frame; the error code of the frame that answers it, or the close code."""
+    try:
+        if isinstance(frame, bytes) and frame.startswith(b"\xff"):
+            await ws.send(frame, text=True)  # sent as text without validation
+        else:
+            await ws.send(frame)
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else 1006
+    return message.get("error") or message.get("type")
+
+
+async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behind(site, hosts, stack, secrets):
+    """1,000 malformed, fragmented, non-UTF-8 and oversized frames: each answered as documented, nothing leaks."""
+    users = 20
+    made = hosts[first("http")].run(
+        "echo %s | base64 -d | channels-manage shell --no-imports",
+        base64.b64encode(SESSIONS_FOR.format(count=users).encode()).decode(),
+    )
+    sessions = re.findall(r"^session (\S+)$", made.stdout, re.M)
+    assert len(sessions) == users, made.stdout + made.stderr
+
+    def daphne_pids():
+        pids = {}
+        for name in names("ws"):
+            out = hosts[name].run("systemctl show -p MainPID,NRestarts --value 'daphne@*'").stdout.split()
+            pids[name] = out
+        return pids
+
+    before = await asyncio.to_thread(daphne_pids)
+    wrong, answers = [], {}
+
+    async def fuzz(session: str, frames: int) -> None:
+        user_site = {**site, "session": session}
+        ws = await open_ws(user_site, "/ws/orders/")
+        try:
+            for number in range(frames):
+                frame, expected = BAD_FRAMES[number % len(BAD_FRAMES)]
+                got = await answer_to(ws, frame)
+                answers[got] = answers.get(got, 0) + 1
+                if got != expected and not (isinstance(expected, tuple) and got in expected):
+                    wrong.append((frame if len(str(frame)) < 80 else "<large>", expected, got))
+                if isinstance(got, int):  # closed: the user comes back with a new socket
+                    ws = await open_ws(user_site, "/ws/orders/")
+        finally:
+            await ws.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(fuzz(session, 1000 // users) for session in sessions))
+    seconds = time.monotonic() - started
+    # Handshakes that must be refused: a foreign Origin, a forged session cookie.
+    refused = 0
+    for _ in range(10):
+        for bad in ({"origin": "https://evil.example"}, {"session": "forged-session-key"}):
+            user_site = {**site, **({"session": bad["session"]} if "session" in bad else {})}
+            try:
+                ws = await open_ws(user_site, "/ws/orders/", origin=bad.get("origin"))
+                await ws.close()
+            except InvalidStatus as exc:
+                refused += exc.response.status_code == 403
+    gauges = await wait_until(
+        lambda: all(sum(instance_gauges(hosts, stack, c).values()) == 0 for c in ("orders", "notifications")), 15
+    )
+    master = await asyncio.to_thread(master_address, hosts, secrets, names("redis")[0])
+    master_host = next(name for name in names("redis") if stack.address(name) == master)
+    slots = redis_cli(hosts[master_host], secrets["redis_password"], "--scan", "--pattern", "wslimit:orders:*")
+    held = [
+        key
+        for key in slots.stdout.split()
+        if redis_cli(hosts[master_host], secrets["redis_password"], "ZCARD", key).stdout.strip() != "0"
+    ]
+    after = await asyncio.to_thread(daphne_pids)
+    print(
+        f"\nfigure: drill 1,000 malformed frames from {users} users in {seconds:.1f} s: answers {answers}; "
+        f"20 bad handshakes, {refused} refused with 403; wrong answers {len(wrong)}; "
+        f"slot sets still holding {len(held)}; gauges back to 0: {gauges}; daphne PIDs and restarts unchanged: "
+        f"{before == after}"
+    )
+    assert wrong == []
+    assert refused == 20
+    assert before == after
+    assert gauges
+    assert held == []
+    async with open_ws(site, "/ws/orders/") as ws:
+        assert await pong(ws)
