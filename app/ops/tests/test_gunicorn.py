@@ -33,21 +33,25 @@ def live_workers(metrics: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def app_env(tmp_path: Path) -> dict[str, str]:
+    """The app's environment under gunicorn: SQLite in tmp_path, the in-memory layer."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "PROMETHEUS_"))},
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_SECRET_KEY": "gunicorn-test-secret-key-0123456789abcdefghij",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CHANNEL_LAYER": "memory",
+    }
+
+
 @pytest.fixture
 def gunicorn(tmp_path):
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     (metrics_dir / "counter_99999.db").write_bytes(b"stale file of a previous run")
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_"))},
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DJANGO_SECRET_KEY": "gunicorn-test-secret-key-0123456789abcdefghij",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "CHANNEL_LAYER": "memory",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
+    env = {**app_env(tmp_path), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     process = subprocess.Popen(
         [
             sys.executable,
@@ -114,14 +118,7 @@ def test_a_graceful_reload_serves_the_new_release_with_its_own_config(tmp_path):
     current = tmp_path / "current"
     current.symlink_to(releases / "a")
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "PROMETHEUS_"))},
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DJANGO_SECRET_KEY": "gunicorn-test-secret-key-0123456789abcdefghij",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "CHANNEL_LAYER": "memory",
-    }
+    env = app_env(tmp_path)
     # As the unit runs it: started inside the release, --chdir and the hooks through the link.
     process = subprocess.Popen(
         [
