@@ -114,8 +114,8 @@ if _layer is None:
 
 REDIS: dict | None = None
 _timeouts = {
-    # Above the layer's 5 s blocking read, and below its 10 s message expiry: a
-    # read stuck on a vanished host gives up in time to fetch what waits elsewhere.
+    # Above the layer's 1 s blocking read, and well below its 10 s message expiry:
+    # a read stuck on a vanished host gives up in time to fetch what waits elsewhere.
     "socket_timeout": env.float("REDIS_SOCKET_TIMEOUT", 3.0, minimum=redis_conf.BLOCKING_READ_SECONDS + 1),
     "retry_seconds": env.float("REDIS_RETRY_SECONDS", 20.0, minimum=1.0),
 }

@@ -170,7 +170,10 @@ async def test_a_redis_master_killed_is_failed_over_and_open_sockets_keep_receiv
     assert await wait_until(lambda: rejoined_as_replica(hosts, secrets, trial["victim"]), 60)
 
 
-@pytest.mark.skipif(STACK_KIND != "replicas" or len(names("redis")) < 3, reason="needs the harness and 3 Redis hosts")
+@pytest.mark.skipif(
+    STACK_KIND != "replicas" or len(names("redis")) < 3,
+    reason="takes a host away with the replica harness (`stop --kill`); the two sentinels left need 3 Redis hosts",
+)
 async def test_the_redis_masters_host_lost_five_times_in_a_row(site, hosts, secrets, stack):
     """The master's whole host gone without a goodbye (`stop --kill`), five trials, notifications every second."""
     trials = []
