@@ -13,6 +13,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from config.routing import websocket_urlpatterns  # noqa: E402
+from realtime import drain  # noqa: E402
+
+# SIGUSR1: close every socket with GOING_AWAY, then stop (the daphne unit's ExecStop).
+drain.install()
 
 application = ProtocolTypeRouter(
     {

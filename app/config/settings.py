@@ -167,6 +167,8 @@ WS_CONNECTION_SLOT_TTL = env.int("WS_CONNECTION_SLOT_TTL", 30, minimum=3)
 WS_STATE_REFRESH_SECONDS = env.float("WS_STATE_REFRESH_SECONDS", 5.0, minimum=0.5)
 if WS_STATE_REFRESH_SECONDS * 2 >= WS_CONNECTION_SLOT_TTL:
     env.error("WS_STATE_REFRESH_SECONDS must be under half of WS_CONNECTION_SLOT_TTL (slots lapse between renewals)")
+# A stopping WebSocket process waits at most this long for its sockets to close (realtime/drain.py).
+WS_DRAIN_SECONDS = env.float("WS_DRAIN_SECONDS", 5.0, minimum=0.5)
 WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=128)
 LIVE_BATCH_INTERVAL = env.int("LIVE_BATCH_INTERVAL_MS", 100, minimum=10) / 1000
 LIVE_GROUP = "live_ticks"

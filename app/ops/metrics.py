@@ -25,6 +25,10 @@ WS_STATE_LOST = Counter(
     "Open sockets that found their Redis state (connection slot, hence group memberships) gone and restored it.",
     ["consumer"],
 )
+WS_DRAINED = Counter(
+    "websocket_connections_drained",
+    "Sockets closed with GOING_AWAY (4001) because their process was stopping.",
+)
 WS_BAD_INPUT = Counter("websocket_bad_input", "Frames answered with an error, by error code.", ["consumer", "error"])
 
 GROUP_SEND_SECONDS = Histogram(
@@ -50,6 +54,6 @@ for _operation in ("group_send", "group_discard", "refresh"):
     LAYER_ERRORS.labels(_operation)
 for _consumer in ("notifications", "orders", "live"):
     WS_STATE_LOST.labels(_consumer)
-    for _reason in ("unauthenticated", "connection_limit"):
+    for _reason in ("unauthenticated", "connection_limit", "draining"):
         WS_REJECTED.labels(_consumer, _reason)
 WS_REJECTED.labels("not_found", "no_route")

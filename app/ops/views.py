@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-from realtime import redis_client
+from realtime import drain, redis_client
 
 
 @require_GET
@@ -79,7 +79,12 @@ async def _timed(check) -> dict:
 
 @require_GET
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: database, channel layer round trip and Redis, checked concurrently."""
+    """Readiness: database, channel layer round trip and Redis, checked concurrently.
+
+    A process that is draining (realtime/drain.py) is not ready, whatever its checks say.
+    """
+    if drain.draining():
+        return JsonResponse({"status": "draining", "checks": {}}, status=503)
     results = await asyncio.gather(*(_timed(check) for check in CHECKS.values()))
     checks = dict(zip(CHECKS, results, strict=True))
     ready = all(r["ok"] for r in results)

@@ -10,6 +10,10 @@ Close codes (after accept). An application may only send 1000 or 3000-4999
 before giving back its slot), so the app's own codes are 4000 + the nearest
 protocol or HTTP code:
   - 1000  normal closure
+  - 4001  GOING_AWAY: the process serving the socket is stopping (a deploy, a
+          host taken out, systemctl stop); reconnect at once, with a little
+          jitter: nginx sends the new socket to another instance. The
+          protocol's own 1001, which only the server library may send
   - 4009  MESSAGE_TOO_BIG: a frame over WS_MAX_MESSAGE_BYTES (default 64 KiB);
           the protocol's own 1009, which only the server library may send
   - 1006  (no close frame) a text frame that is not valid UTF-8: daphne drops
@@ -27,6 +31,7 @@ Error frames (the socket stays open): {"type": "error", "error": CODE, "detail":
   - internal_error        the server failed handling this message; retry later
 """
 
+GOING_AWAY = 4001
 MESSAGE_TOO_BIG = 4009
 TOO_MANY_CONNECTIONS = 4429
 

@@ -27,7 +27,7 @@ from ops.metrics import (
     WS_SENT,
     WS_STATE_LOST,
 )
-from realtime import closecodes, limits
+from realtime import closecodes, drain, limits
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
             WS_REJECTED.labels(self.endpoint, "unauthenticated").inc()
             await self.close()  # before accept: the client sees HTTP 403
             return
+        if drain.draining():
+            # This process is stopping: the client's next try goes to another instance.
+            WS_REJECTED.labels(self.endpoint, "draining").inc()
+            await self.accept()
+            await self.close(code=closecodes.GOING_AWAY)
+            return
         if authenticated:
             if not await limits.slots().acquire(self.endpoint, self.user.pk, self.channel_name):
                 WS_REJECTED.labels(self.endpoint, "connection_limit").inc()
@@ -75,6 +81,7 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
         await self.on_connect()
         await self.accept()
         self.opened = True
+        drain.track(self)
         WS_OPENED.labels(self.endpoint).inc()
         WS_CONNECTIONS.labels(self.endpoint).inc()
         if self.slot_held or self.memberships:
@@ -96,29 +103,33 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
         if self.released:
             return
         self.released = True
-        if self.opened:
-            self.opened = False
-            WS_CONNECTIONS.labels(self.endpoint).dec()
-            WS_CLOSED.labels(self.endpoint).inc()
-        if self.keeper:
-            self.keeper.cancel()
         try:
-            await self.on_disconnect()
-        except Exception:
-            log.warning("on_disconnect failed", exc_info=True)
-        for group in self.memberships:
+            if self.opened:
+                self.opened = False
+                WS_CONNECTIONS.labels(self.endpoint).dec()
+                WS_CLOSED.labels(self.endpoint).inc()
+            if self.keeper:
+                self.keeper.cancel()
             try:
-                await self.channel_layer.group_discard(group, self.channel_name)
+                await self.on_disconnect()
             except Exception:
-                LAYER_ERRORS.labels("group_discard").inc()
-                log.warning("group_discard failed", extra={"group": group}, exc_info=True)
-        if self.slot_held:
-            self.slot_held = False
-            try:
-                await limits.slots().release(self.endpoint, self.user.pk, self.channel_name)
-            except Exception:
-                # The slot lapses by itself after WS_CONNECTION_SLOT_TTL.
-                log.warning("connection slot release failed", exc_info=True)
+                log.warning("on_disconnect failed", exc_info=True)
+            for group in self.memberships:
+                try:
+                    await self.channel_layer.group_discard(group, self.channel_name)
+                except Exception:
+                    LAYER_ERRORS.labels("group_discard").inc()
+                    log.warning("group_discard failed", extra={"group": group}, exc_info=True)
+            if self.slot_held:
+                self.slot_held = False
+                try:
+                    await limits.slots().release(self.endpoint, self.user.pk, self.channel_name)
+                except Exception:
+                    # The slot lapses by itself after WS_CONNECTION_SLOT_TTL.
+                    log.warning("connection slot release failed", exc_info=True)
+        finally:
+            # Last: a draining process waits for this before it stops.
+            drain.untrack(self)
 
     async def _keep_state(self) -> None:
         """Re-assert the slot and every group membership each WS_STATE_REFRESH_SECONDS.
@@ -141,6 +152,10 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
             except Exception:
                 LAYER_ERRORS.labels("refresh").inc()
                 log.warning("socket state refresh failed; retrying next interval", exc_info=True)
+
+    async def go_away(self) -> None:
+        """Close with GOING_AWAY: the process is draining (realtime/drain.py)."""
+        await self.close(code=closecodes.GOING_AWAY)
 
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)

@@ -247,3 +247,37 @@ async def test_sockets_heal_their_memberships_after_redis_lost_everything(pool, 
         assert received["message"] == "after the wipe"
         after = counter(await asyncio.to_thread(pool["a"].metrics), "websocket_state_lost", "notifications")
         assert after == before + 1
+
+
+async def test_a_stopping_process_closes_every_socket_with_4001_gives_back_its_slots_and_exits(pool, redis_server):
+    """SIGUSR1 (the daphne unit's ExecStop): every socket is told to go, its state is given back, the process stops."""
+    erin = "from django.contrib.auth.models import User; print(User.objects.get(username='erin').pk)"
+    slots = f"wslimit:notifications:{manage(pool['env'], 'shell', '-c', erin).splitlines()[-1]}"
+    stopping = Daphne(pool["env"], pool["workdir"]).start()
+    try:
+        sockets = [await open_socket(pool, stopping, "erin") for _ in range(3)]
+        sockets += [await open_socket(pool, stopping, "erin", "/ws/live/") for _ in range(2)]
+        for ws in sockets:
+            await ws.send('{"type": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
+        assert redis_server.cli("ZCARD", slots) == "3"
+
+        stopping.process.send_signal(signal.SIGUSR1)
+        codes = []
+        for ws in sockets:
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            codes.append(closed.value.rcvd.code if closed.value.rcvd else 1006)
+        assert codes == [closecodes.GOING_AWAY] * 5
+        # It stops by itself, cleanly, having given the slots back (not let them lapse).
+        assert await asyncio.to_thread(stopping.process.wait, 10) == 0
+        assert redis_server.cli("ZCARD", slots) == "0"
+        log = (pool["workdir"] / f"daphne-{stopping.port}.log").read_text()
+        assert "draining: closing 5 sockets with 4001" in log
+        assert "Exception inside application" not in log
+        # The user's full limit at once on another process: nothing of the stopped one is held.
+        async with open_socket(pool, pool["b"], "erin") as ws:
+            await ws.send('{"type": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
+    finally:
+        stopping.stop()

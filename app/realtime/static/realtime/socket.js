@@ -44,7 +44,9 @@
     ws.onclose = function (event) {
       if (self.closedByUser) { self.options.onState("closed"); return; }
       // 4429: too many sockets for this user; waiting at the cap avoids hammering.
-      var attempt = event.code === 4429 ? 10 : self.attempt++;
+      // 4001: the server is going away (a deploy); another instance takes the
+      // socket at once, so come back after the first step's jitter only.
+      var attempt = event.code === 4429 ? 10 : event.code === 4001 ? 0 : self.attempt++;
       var delay = backoffDelay(attempt, self.options.baseMs, self.options.capMs);
       self.options.onState("reconnecting in " + Math.ceil(delay / 1000) + " s (code " + event.code + ")");
       self.timer = setTimeout(function () { self.connect(); }, delay);
