@@ -281,3 +281,21 @@ async def test_a_stopping_process_closes_every_socket_with_4001_gives_back_its_s
             assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
     finally:
         stopping.stop()
+
+
+async def test_readiness_answers_at_once_under_many_idle_sockets(pool):
+    """The channel-layer round trip of /readyz must not queue behind every idle socket's blocking read."""
+    url = f"ws://127.0.0.1:{pool['b'].port}/ws/live/"
+    sockets = [await ws_connect(url, origin="http://127.0.0.1", open_timeout=5) for _ in range(20)]
+    try:
+        for ws in sockets:
+            await ws.send('{"type": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
+        for _ in range(3):
+            with urllib.request.urlopen(f"http://127.0.0.1:{pool['b'].port}/readyz", timeout=10) as response:
+                body = json.loads(response.read())
+            assert body["checks"]["channel_layer"]["ok"], body
+            assert body["checks"]["channel_layer"]["latency_ms"] < 1000, body
+    finally:
+        for ws in sockets:
+            await ws.close()
