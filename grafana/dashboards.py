@@ -89,7 +89,31 @@ def channels_overview() -> Dashboard:
                 "Rejections by reason",
                 (f"sum by (reason) (rate(websocket_connections_rejected_total[{RATE}]))", "{{reason}}"),
                 unit="ops",
-                description="connection_limit: a user's extra socket (close 4429); unauthenticated: no session.",
+                description=(
+                    "connection_limit: a user's extra socket (close 4429); unauthenticated: no session; "
+                    "draining: a handshake to an instance that is stopping (close 4001)."
+                ),
+            ),
+            panel(
+                TimeSeries,
+                "Notifications: addressed, delivered, lost",
+                (f"sum(rate(notifications_recipients_total[{RATE}]))", "addressed"),
+                (f"sum(rate(notifications_delivered_total[{RATE}]))", "delivered"),
+                (
+                    f"clamp_min(sum(rate(notifications_recipients_total[{RATE}]))"
+                    f" - sum(rate(notifications_delivered_total[{RATE}])), 0)",
+                    "lost",
+                ),
+                unit="ops",
+                description="Sockets each accepted notification was addressed to, and those it reached. "
+                "Delivery is at most once: the difference is what was lost (alert NotificationsLost).",
+            ),
+            panel(
+                TimeSeries,
+                "Sockets sent away by a stopping instance",
+                (f"sum by (instance) (rate(websocket_connections_drained_total[{RATE}]))", "{{instance}}"),
+                unit="ops",
+                description="Closed with 4001 (going away) by a deploy or a stop; their clients reconnect elsewhere.",
             ),
             panel(
                 TimeSeries,

@@ -32,6 +32,7 @@ These traps decide the values below (all seen on this stack):
 
 from __future__ import annotations
 
+import contextvars
 import time
 
 from channels_redis.core import RedisChannelLayer
@@ -168,10 +169,21 @@ def layer_host(spec: dict) -> dict:
     return host
 
 
+# How many channels the last group_send in this task addressed (realtime.layer reads it).
+GROUP_SEND_TARGETS: contextvars.ContextVar[int | None] = contextvars.ContextVar("group_send_targets", default=None)
+
+
 class FailoverAwareChannelLayer(RedisChannelLayer):
-    """channels_redis's layer with a short blocking read (see the module's docstring)."""
+    """channels_redis's layer with a short blocking read (see the module's docstring),
+    telling how many channels each group_send addressed (GROUP_SEND_TARGETS)."""
 
     brpop_timeout = BLOCKING_READ_SECONDS
+
+    def _map_channel_keys_to_connection(self, channel_names, message):
+        # group_send calls this once, with the group's live members, before it
+        # writes: the count costs no round trip (tests pin the hook: test_layer.py).
+        GROUP_SEND_TARGETS.set(len(channel_names))
+        return super()._map_channel_keys_to_connection(channel_names, message)
 
 
 def channel_layer(spec: dict, **options) -> dict:

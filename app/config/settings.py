@@ -152,7 +152,9 @@ else:
             REDIS,
             capacity=env.int("CHANNEL_LAYER_CAPACITY", 1500, minimum=1),
             expiry=env.int("CHANNEL_LAYER_EXPIRY", 10, minimum=1),
-            group_expiry=env.int("CHANNEL_LAYER_GROUP_EXPIRY", 86400, minimum=60),
+            # Open sockets re-join every WS_STATE_REFRESH_SECONDS, so only the
+            # memberships of a crashed process age out: in a minute, not a day.
+            group_expiry=env.int("CHANNEL_LAYER_GROUP_EXPIRY", 60, minimum=60),
             prefix=env.str("CHANNEL_LAYER_PREFIX", "asgi"),
         )
     }
@@ -167,6 +169,8 @@ WS_CONNECTION_SLOT_TTL = env.int("WS_CONNECTION_SLOT_TTL", 30, minimum=3)
 WS_STATE_REFRESH_SECONDS = env.float("WS_STATE_REFRESH_SECONDS", 5.0, minimum=0.5)
 if WS_STATE_REFRESH_SECONDS * 2 >= WS_CONNECTION_SLOT_TTL:
     env.error("WS_STATE_REFRESH_SECONDS must be under half of WS_CONNECTION_SLOT_TTL (slots lapse between renewals)")
+if REDIS is not None and CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] <= 2 * WS_STATE_REFRESH_SECONDS:
+    env.error("CHANNEL_LAYER_GROUP_EXPIRY must exceed twice WS_STATE_REFRESH_SECONDS (open sockets' groups lapse)")
 # A stopping WebSocket process waits at most this long for its sockets to close (realtime/drain.py).
 WS_DRAIN_SECONDS = env.float("WS_DRAIN_SECONDS", 5.0, minimum=0.5)
 WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=128)

@@ -1,3 +1,4 @@
+from ops.metrics import NOTIFICATIONS_DELIVERED
 from realtime.consumers import AppConsumer
 
 from .services import group_name
@@ -13,3 +14,4 @@ class NotificationConsumer(AppConsumer):
 
     async def notification_message(self, event: dict) -> None:
         await self.send_json({"type": "notification", "message": event["message"], "timestamp": event["timestamp"]})
+        NOTIFICATIONS_DELIVERED.inc()

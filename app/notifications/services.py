@@ -8,6 +8,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
 
+from ops.metrics import NOTIFICATION_RECIPIENTS
 from realtime.layer import group_send
 
 
@@ -22,12 +23,19 @@ def event(message: str) -> dict:
 async def asend_notification(user_id: int, message: str) -> None:
     """From async code (consumers, async views); raises TimeoutError after NOTIFY_SEND_TIMEOUT.
 
+    Each socket the notification was addressed to counts in
+    notifications_recipients_total; each one it reached counts in
+    notifications_delivered_total (the consumer). Their difference is what was
+    accepted and never delivered: the NotificationsLost alert.
+
     Without a master (a failover in progress, every Redis down) the layer's
     connections keep retrying for REDIS_RETRY_SECONDS; callers answering an
     HTTP request must fail fast instead.
     """
     async with asyncio.timeout(settings.NOTIFY_SEND_TIMEOUT):
-        await group_send(group_name(user_id), event(message))
+        recipients = await group_send(group_name(user_id), event(message))
+    if recipients:
+        NOTIFICATION_RECIPIENTS.inc(recipients)
 
 
 def send_notification(user_id: int, message: str) -> None:

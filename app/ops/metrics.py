@@ -31,6 +31,14 @@ WS_DRAINED = Counter(
 )
 WS_BAD_INPUT = Counter("websocket_bad_input", "Frames answered with an error, by error code.", ["consumer", "error"])
 
+# Accepted notifications that never reached a socket: recipients minus delivered
+# (summed over both pools; the NotificationsLost alert). A recipient is a
+# member of the user's group when the notification was sent.
+NOTIFICATION_RECIPIENTS = Counter(
+    "notifications_recipients", "Sockets the notifications accepted by the channel layer were addressed to."
+)
+NOTIFICATIONS_DELIVERED = Counter("notifications_delivered", "Notifications written to a socket.")
+
 GROUP_SEND_SECONDS = Histogram(
     "channel_layer_group_send_seconds",
     "Time to hand one group_send to the channel layer.",

@@ -6,12 +6,15 @@ import time
 
 from channels.layers import get_channel_layer
 
+from config.redis import GROUP_SEND_TARGETS
 from ops.metrics import GROUP_SEND_SECONDS, LAYER_ERRORS
 
 
-async def group_send(group: str, message: dict) -> None:
+async def group_send(group: str, message: dict) -> int | None:
+    """Send to every member of `group`; how many channels that addressed (None: the layer does not say)."""
     layer = get_channel_layer()
     started = time.perf_counter()
+    GROUP_SEND_TARGETS.set(None)
     try:
         await layer.group_send(group, message)
     except Exception:
@@ -19,3 +22,4 @@ async def group_send(group: str, message: dict) -> None:
         raise
     finally:
         GROUP_SEND_SECONDS.observe(time.perf_counter() - started)
+    return GROUP_SEND_TARGETS.get()

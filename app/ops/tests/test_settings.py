@@ -76,6 +76,10 @@ def test_production_settings_build_one_sentinel_host_entry():
         ({"METRICS_ALLOWED_NETWORKS": "not-a-net"}, "is not a network"),
         ({"CHANNEL_LAYER": "kafka"}, "is not one of memory, redis, sentinel"),
         ({"NOTIFY_API_TOKEN": "short"}, "NOTIFY_API_TOKEN must be at least 24"),
+        (
+            {"CHANNEL_LAYER_GROUP_EXPIRY": "60", "WS_STATE_REFRESH_SECONDS": "30", "WS_CONNECTION_SLOT_TTL": "90"},
+            "must exceed twice WS_STATE_REFRESH_SECONDS",
+        ),
     ],
 )
 def test_bad_settings_stop_startup_with_one_message(change, expected):
