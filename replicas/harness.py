@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -223,6 +224,19 @@ class Harness:
         if cfg.state_dir.exists() and not mounts_under(cfg.state_dir):
             shutil.rmtree(cfg.state_dir)
         log("down: replicas, mounts, bridge and nftables table removed")
+
+    # -- load clients --------------------------------------------------------
+    @contextlib.contextmanager
+    def client_addresses(self, count: int):
+        """`count` source addresses on the bridge for a load client, removed afterwards (and by `down`)."""
+        topo = self.topology()
+        taken = {h.address(self.cfg.subnet) for h in topo.hosts}
+        addresses = network.client_addresses(self.cfg, count, taken)
+        network.add_addresses(self.cfg, addresses)
+        try:
+            yield [str(a) for a in addresses]
+        finally:
+            network.remove_addresses(self.cfg, addresses)
 
     # -- single hosts --------------------------------------------------------
     def stop(self, name: str, *, kill: bool = False) -> None:

@@ -69,15 +69,48 @@ def ensure_bridge(cfg: Config) -> None:
         log(f"creating bridge {cfg.bridge} with {cfg.gateway}/{cfg.subnet.prefixlen}")
         run(["ip", "link", "add", cfg.bridge, "type", "bridge"])
         run(["ip", "link", "set", cfg.bridge, "alias", cfg.bridge_alias])
-    have = {
+    if str(cfg.gateway) not in _bridge_addresses(cfg):
+        run(["ip", "addr", "add", f"{cfg.gateway}/{cfg.subnet.prefixlen}", "dev", cfg.bridge])
+    run(["ip", "link", "set", cfg.bridge, "up"])
+
+
+def client_addresses(cfg: Config, count: int, taken: set) -> list[ipaddress.IPv4Address]:
+    """Source addresses for a load client: the top of our subnet, none the gateway's or a host's (pure).
+
+    nginx limits connections per address, as it should; a load client spreads
+    over several addresses instead, only on the harness's own bridge.
+    """
+    free = [a for a in reversed(list(cfg.subnet.hosts())) if a != cfg.gateway and a not in taken]
+    if count > len(free):
+        raise HarnessError(f"{cfg.subnet} has {len(free)} addresses left for a load client, not {count}")
+    return free[:count]
+
+
+def _bridge_addresses(cfg: Config) -> set[str]:
+    return {
         a["local"]
         for i in ip_json("addr", "show", "dev", cfg.bridge)
         for a in i.get("addr_info", [])
         if a.get("family") == "inet"
     }
-    if str(cfg.gateway) not in have:
-        run(["ip", "addr", "add", f"{cfg.gateway}/{cfg.subnet.prefixlen}", "dev", cfg.bridge])
-    run(["ip", "link", "set", cfg.bridge, "up"])
+
+
+def add_addresses(cfg: Config, addresses: list[ipaddress.IPv4Address]) -> None:
+    """Put `addresses` on our bridge (as /32: the subnet's route stays the gateway's); gone with the bridge."""
+    links = [link for link in ip_json("link", "show") if link.get("ifname") == cfg.bridge]
+    if not links or links[0].get("ifalias") != cfg.bridge_alias:
+        raise HarnessError(f"bridge {cfg.bridge} is not up, or not the harness's: no address added")
+    have = _bridge_addresses(cfg)
+    for address in addresses:
+        if str(address) not in have:
+            run(["ip", "addr", "add", f"{address}/32", "dev", cfg.bridge])
+
+
+def remove_addresses(cfg: Config, addresses: list[ipaddress.IPv4Address]) -> None:
+    have = _bridge_addresses(cfg) if bridge_exists(cfg) else set()
+    for address in addresses:
+        if str(address) in have and address != cfg.gateway:
+            run(["ip", "addr", "del", f"{address}/32", "dev", cfg.bridge])
 
 
 def remove_bridge(cfg: Config) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import time
@@ -189,7 +190,8 @@ def site(converged, stack, hosts, secrets, tmp_path_factory):
     client.close()
 
 
-def open_ws(site, path: str, *, session: bool = True, origin: str | None = None):
+def open_ws(site, path: str, *, session: bool = True, origin: str | None = None, source: str | None = None):
+    """A WebSocket through nginx; `source`: the client's address (a load client's, see `client_addresses`)."""
     headers = {"Cookie": f"sessionid={site['session']}"} if session else {}
     return ws_connect(
         f"{site['ws']}{path}",
@@ -197,7 +199,33 @@ def open_ws(site, path: str, *, session: bool = True, origin: str | None = None)
         origin=origin or site["base"],
         additional_headers=headers,
         open_timeout=10,
+        **({"local_addr": (source, 0)} if source else {}),
     )
+
+
+@pytest.fixture
+def client_addresses(stack):
+    """Source addresses for a load client: nginx limits connections per address (and must).
+
+    On the replicas, four addresses added to the harness's own bridge for the test;
+    elsewhere the controller's one address (None: the system picks it).
+    """
+    if STACK_KIND != "replicas":
+        yield [None]
+        return
+    with stack.harness.client_addresses(4) as addresses:
+        yield addresses
+
+
+def changed_app(destination: Path, marker: str) -> Path:
+    """A copy of app/ whose home page carries `marker`: a release deploy.yml must roll out."""
+    source = destination / "app"
+    shutil.copytree(ROOT / "app", source, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "staticfiles"))
+    page = source / "realtime" / "templates" / "realtime" / "home.html"
+    # Inside the content block: a child template renders nothing outside its blocks.
+    page.write_text(page.read_text().replace('<section id="live">', marker + '\n<section id="live">', 1))
+    assert marker in page.read_text()
+    return source
 
 
 def instance_gauges(hosts, stack, consumer: str) -> dict[str, float]:

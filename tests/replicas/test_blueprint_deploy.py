@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-
-from tests.replicas.conftest import ROOT, first, names, recap, unique
+from tests.replicas.conftest import changed_app, first, names, recap, unique
 
 APP_HOSTS = unique("http", "ws")
 MARKER = "<!-- rolled out by deploy.yml -->"
@@ -19,13 +17,7 @@ def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tm
     assert len(set(before.values())) == 1
     masters = {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in names("http")}
 
-    source = tmp_path / "app"
-    shutil.copytree(ROOT / "app", source, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "staticfiles"))
-    page = source / "realtime" / "templates" / "realtime" / "home.html"
-    # Inside the content block: a child template renders nothing outside its blocks.
-    page.write_text(page.read_text().replace('<section id="live">', MARKER + '\n<section id="live">', 1))
-    assert MARKER in page.read_text()
-
+    source = changed_app(tmp_path, MARKER)
     result = stack.playbook("deploy.yml", "-e", f"app_source_path={source}")
     assert result.returncode == 0, result.stdout[-5000:]
     assert all(r["failed"] == 0 for r in recap(result.stdout).values())

@@ -1,4 +1,9 @@
+import ipaddress
+
+import pytest
+
 from replicas import config, network
+from replicas.system import HarnessError
 
 CFG = config.from_env({"REPLICAS_SUBNET": "10.77.0.0/24", "REPLICAS_BRIDGE": "chrepl0"})
 
@@ -53,3 +58,12 @@ def test_egress_is_masquerade_for_our_subnet_and_package_ports_only():
     assert 'iifname "chrepl0" drop' in rules
     assert 'oifname "chrepl0" drop' in rules
     assert f"table inet {CFG.nft_table}" in rules
+
+
+def test_load_client_addresses_come_from_the_top_of_our_subnet_and_never_a_hosts():
+    taken = {ipaddress.ip_address("10.77.0.254"), ipaddress.ip_address("10.77.0.11")}
+    picked = [str(a) for a in network.client_addresses(CFG, 3, taken)]
+    assert picked == ["10.77.0.253", "10.77.0.252", "10.77.0.251"]
+    small = config.from_env({"REPLICAS_SUBNET": "10.77.0.0/28", "REPLICAS_BRIDGE": "chrepl0"})
+    with pytest.raises(HarnessError, match="addresses left"):
+        network.client_addresses(small, 14, set())
