@@ -1,6 +1,6 @@
 """The harness's bridge, its nftables table and the clash checks that guard them.
 
-Safety rules (DESIGN.md): one bridge and one subnet of our own, refused when
+Safety rules (docs/architecture.md, "Local replicas and VMs"): one bridge and one subnet of our own, refused when
 anything else uses them; containers reach the outside only through a
 masquerade limited to their subnet and to the ports package installs need;
 ``down`` removes all of it.

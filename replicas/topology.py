@@ -15,7 +15,7 @@ import yaml
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
 
-# Inventory groups of DESIGN.md; a host may belong to several.
+# Inventory groups (docs/architecture.md, "The parts"); a host may belong to several.
 GROUPS = ("lb", "http", "ws", "redis", "db", "monitoring")
 
 

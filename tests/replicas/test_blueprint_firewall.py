@@ -1,4 +1,4 @@
-"""The firewall lets through DESIGN.md's flows and nothing else, tested by connecting from other hosts.
+"""The firewall lets through the flows of docs/architecture.md and nothing else, tried from other hosts.
 
 Each flow is tried from a host of a group allowed to use it (it connects) and
 from a host of no allowed group, and from the controller (both refused).

@@ -12,7 +12,7 @@ by ``stop``), and creates transient networks and a storage pool:
   bridge's subnet and to DNS and HTTP(S) (the package mirrors), nothing else;
 - a directory pool for the box and the VMs' disks, in the suite's state folder.
 
-The safety rules are the replicas' (DESIGN.md): refuse to start when the
+The safety rules are the replicas' (docs/architecture.md): refuse to start when the
 bridges or subnets are in use, or when another libvirtd runs; ``stop`` stops
 every VM, removes the networks, the pool, the nftables tables and the daemon
 (by its PID), and restores IPv4 forwarding.
