@@ -19,7 +19,7 @@ from grafanalib._gen import DashboardEncoder
 from grafanalib.core import Dashboard, GridPos, Stat, Target, TimeSeries
 
 OUT = Path(__file__).resolve().parent / "dashboards"
-# The provisioned Prometheus datasource (grafana/provisioning/datasources/prometheus.yml).
+# The provisioned Prometheus datasource (grafana/provisioning/datasource.yml.j2).
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 RATE = "$__rate_interval"
 

@@ -18,7 +18,6 @@ def render(cfg: Config, topo: Topology) -> str:
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "ansible_ssh_private_key_file": str(cfg.ssh_key),
                 "ansible_ssh_common_args": (f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes"),
-                "replicas_topology": topo.name,
                 # The address the controller reaches the hosts from (SSH is opened to it).
                 "replicas_controller_address": str(cfg.gateway),
             },
