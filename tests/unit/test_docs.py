@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# docs/architecture.md, or docs/architecture.md, "Section title"
+# A path under docs/, optionally followed by a comma and a quoted section title.
 REFERENCE = re.compile(r'(docs/[\w-]+\.md)(?:, (?:\\)?"([^"\\]+)(?:\\)?")?')
 
 
