@@ -281,6 +281,13 @@ async def test_a_daphne_instance_killed_closes_only_its_sockets_and_they_reconne
     assert back_to_zero, instance_gauges(hosts, stack, "live")
 
 
+def describe(exc: Exception) -> str:
+    """A failed handshake in a few words: the HTTP status nginx answered, or the error."""
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    return type(exc).__name__
+
+
 class ReconnectingSockets:
     """`count` anonymous /ws/live/ sockets that reconnect whenever closed (at once, then every 200 ms:
     the browser client waits 250-500 ms after a 4001; this measures the stack), with every close counted."""
@@ -290,6 +297,7 @@ class ReconnectingSockets:
         self.sockets: list = []
         self.closes: list[int] = []
         self.gaps: list[float] = []  # seconds from each close to the next open
+        self.slow: list[tuple] = []  # (gap, [(seconds, failed attempt)...]) per reconnect
         self.stopping = False
 
     def _open(self, index: int):
@@ -307,13 +315,16 @@ class ReconnectingSockets:
             if self.stopping:
                 return
             self.closes.append(self.sockets[index].close_code)  # 1006 when no close frame came
-            closed_at = time.monotonic()
+            closed_at, failures = time.monotonic(), []
             while time.monotonic() - closed_at < 30:
+                tried = time.monotonic()
                 try:
                     self.sockets[index] = await self._open(index)
                     self.gaps.append(time.monotonic() - closed_at)
+                    self.slow.append((round(time.monotonic() - closed_at, 2), failures))
                     break
-                except Exception:
+                except Exception as exc:
+                    failures.append((round(time.monotonic() - tried, 2), describe(exc)))
                     await asyncio.sleep(0.2)
             else:
                 return
@@ -395,7 +406,8 @@ async def test_a_deploy_under_200_sockets_and_40_requests_a_second(site, hosts, 
         f"\nfigure: drill deploy.yml under 200 sockets and 40 req/s: {outcome} in {took:.0f} s; "
         f"HTTP {load.statuses}; socket closes by code {codes}; reconnects {len(gaps)}, "
         f"p50 {gaps[len(gaps) // 2] if gaps else 0:.2f} s, max {max(gaps, default=0):.2f} s; "
-        f"{serving} sockets serving after, per instance {gauges}"
+        f"{serving} sockets serving after, per instance {gauges}; slowest reconnects (s, failed tries): "
+        f"{sorted(sockets.slow, key=lambda r: r[0], reverse=True)[:3]}"
     )
     assert result.returncode == 0, result.stdout[-5000:]
     assert load.failed() == 0, load.statuses
