@@ -17,10 +17,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
+from bench.load import login
+from bench.pools import stack_secrets
 from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.topology import load
@@ -154,8 +155,7 @@ def hosts(stack):
 
 @pytest.fixture(scope="session")
 def secrets():
-    folder = ROOT / "ansible" / ".secrets" / "replicas"
-    return {p.name: p.read_text().strip() for p in folder.iterdir()}
+    return stack_secrets()
 
 
 @pytest.fixture(scope="module")
@@ -166,18 +166,7 @@ def site(converged, stack, hosts, secrets, tmp_path_factory):
     cafile.write_text(hosts[first("lb")].file("/etc/nginx/tls/channels.crt").content_string)
     context = ssl.create_default_context(cafile=str(cafile))
     base = f"https://{lb}"
-    client = httpx.Client(base_url=base, verify=context, timeout=20)
-    form = client.get("/accounts/login/")
-    assert form.status_code == 200
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-    login = client.post(
-        "/accounts/login/",
-        headers={"Referer": f"{base}/accounts/login/"},
-        data={"username": "admin", "password": secrets["app_admin_password"], "csrfmiddlewaretoken": token},
-    )
-    assert login.status_code == 302, login.text[:500]
-    page = client.get("/")
-    user_id = int(re.search(r'data-user-id="(\d+)"', page.text).group(1))
+    client, user_id = login(base, context, "admin", secrets["app_admin_password"])
     yield {
         "base": base,
         "ws": f"wss://{lb}",

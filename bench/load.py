@@ -1,0 +1,206 @@
+"""The load client: WebSockets and HTTP requests through nginx, and what came back when.
+
+Every figure is taken on the client's clock, which is the replicas' clock too
+(containers share this machine's kernel): a tick's latency is its receipt here
+minus the `ts` the publisher stamped on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+
+@dataclass
+class Site:
+    """The stack's front door as the client sees it: nginx's URL and certificate, a logged-in user."""
+
+    base: str
+    ssl: ssl.SSLContext
+    session: str = ""
+    user_id: int = 0
+    token: str = ""
+
+    @property
+    def ws(self) -> str:
+        return "wss://" + self.base.removeprefix("https://")
+
+
+def login(base: str, context: ssl.SSLContext, username: str, password: str) -> tuple[httpx.Client, int]:
+    """A session logged in through the login form (CSRF included), and the user's id from the home page."""
+    client = httpx.Client(base_url=base, verify=context, timeout=20)
+    form = client.get("/accounts/login/")
+    form.raise_for_status()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    answer = client.post(
+        "/accounts/login/",
+        headers={"Referer": f"{base}/accounts/login/"},
+        data={"username": username, "password": password, "csrfmiddlewaretoken": token},
+    )
+    if answer.status_code != 302:
+        raise RuntimeError(f"login as {username} answered {answer.status_code}: {answer.text[:500]}")
+    user_id = int(re.search(r'data-user-id="(\d+)"', client.get("/").text).group(1))
+    return client, user_id
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@dataclass
+class Window:
+    """What one measured step received: latencies (s) of the frames it was waiting for."""
+
+    marker: str
+    latencies: list[float] = field(default_factory=list)
+    stamps: dict[str, float] = field(default_factory=dict)  # a tick's `ts` as seconds, parsed once
+
+    def tick(self, update: dict, now: float) -> None:
+        if update.get("symbol") != self.marker:
+            return
+        ts = update["ts"]
+        sent = self.stamps.get(ts)
+        if sent is None:
+            sent = self.stamps[ts] = datetime.fromisoformat(ts).timestamp()
+        self.latencies.append(now - sent)
+
+    def summary(self, expected: int) -> dict:
+        return {
+            "received": len(self.latencies),
+            "lost": expected - len(self.latencies),
+            "p50_ms": _ms(percentile(self.latencies, 0.50)),
+            "p95_ms": _ms(percentile(self.latencies, 0.95)),
+            "p99_ms": _ms(percentile(self.latencies, 0.99)),
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+class Sockets:
+    """WebSockets on one path, spread over the client's source addresses (nginx limits each address).
+
+    Every frame received goes to `on_frame(frame, now)`; a socket that closes is counted, not reopened.
+    """
+
+    def __init__(self, site: Site, path: str, sources: list[str | None], *, cookie: bool = False):
+        self.site, self.path, self.sources, self.cookie = site, path, sources, cookie
+        self.readers: list[asyncio.Task] = []
+        self.sockets: list = []
+        self.closed = 0
+        self.refused: dict[str, int] = {}
+        self.on_frame = lambda frame, now: None
+
+    def __len__(self) -> int:
+        return len(self.sockets)
+
+    async def _open(self, index: int, gate: asyncio.Semaphore):
+        headers = {"Cookie": f"sessionid={self.site.session}"} if self.cookie else {}
+        source = self.sources[index % len(self.sources)]
+        async with gate:
+            return await connect(
+                self.site.ws + self.path,
+                ssl=self.site.ssl,
+                origin=self.site.base,
+                additional_headers=headers,
+                open_timeout=30,
+                max_size=None,
+                **({"local_addr": (source, 0)} if source else {}),
+            )
+
+    async def grow(self, count: int, at_once: int = 50) -> None:
+        """Try to open sockets up to `count` (several handshakes in flight, not thousands); refusals counted."""
+        gate = asyncio.Semaphore(at_once)
+        tries = range(len(self.sockets) + sum(self.refused.values()), count + sum(self.refused.values()))
+        opened = await asyncio.gather(*(self._open(i, gate) for i in tries), return_exceptions=True)
+        for ws in opened:
+            if isinstance(ws, BaseException):  # refused (an HTTP status) or failed: counted, not retried
+                reason = str(ws.response.status_code) if isinstance(ws, InvalidStatus) else type(ws).__name__
+                self.refused[reason] = self.refused.get(reason, 0) + 1
+                continue
+            self.sockets.append(ws)
+            self.readers.append(asyncio.create_task(self._read(ws)))
+
+    async def _read(self, ws) -> None:
+        try:
+            async for frame in ws:
+                self.on_frame(frame, time.time())
+        except ConnectionClosed:
+            pass
+        self.closed += 1
+
+    async def close(self) -> None:
+        for reader in self.readers:
+            reader.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
+        self.sockets, self.readers, self.closed, self.refused = [], [], 0, {}
+
+
+def live_frames(window_of) -> callable:
+    """on_frame for /ws/live/: each update of a batch goes to the current window."""
+
+    def on_frame(frame, now: float) -> None:
+        window = window_of()
+        if window is None:
+            return
+        message = json.loads(frame)
+        for update in message.get("updates", ()):
+            window.tick(update, now)
+
+    return on_frame
+
+
+class Requests:
+    """Requests at a steady rate from one source address; status of each and when its answer came."""
+
+    def __init__(self, site: Site, source: str | None):
+        self.site, self.source = site, source
+
+    async def run(self, rate: float, count: int, request) -> tuple[dict[int, float], dict]:
+        """`request(client, i)` `count` times at `rate`/s: (sent time by i, answers by status)."""
+        sent: dict[int, float] = {}
+        statuses: dict = {}
+
+        async def one(client, i: int) -> None:
+            sent[i] = time.time()
+            try:
+                status = (await request(client, i)).status_code
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            statuses[status] = statuses.get(status, 0) + 1
+
+        limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+        transport = httpx.AsyncHTTPTransport(verify=self.site.ssl, local_address=self.source, limits=limits)
+        async with httpx.AsyncClient(base_url=self.site.base, transport=transport, timeout=10) as client:
+            tasks, start = [], time.monotonic()
+            for i in range(count):
+                tasks.append(asyncio.create_task(one(client, i)))
+                await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
+            await asyncio.gather(*tasks)
+        return sent, statuses
+
+
+@contextlib.contextmanager
+def client_cpu():
+    """The client's own CPU seconds over the block: {"seconds": ...} once it ends."""
+    spent = {}
+    started = time.process_time()
+    try:
+        yield spent
+    finally:
+        spent["seconds"] = time.process_time() - started

@@ -1,0 +1,159 @@
+"""A run's figures as a table (project, raw, project ÷ raw), a JSON file and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.run import BOUND_MS, NOTIFY_BOUND_MS, held
+
+
+def _held_max(steps: list[dict], key: str, bound_ms: float) -> str | float:
+    """The largest `key` of a step that held; "≥ N" when even the last step held (the steps ran out)."""
+    good = [step[key] for step in steps if held(step, bound_ms)]
+    if not good:
+        return 0
+    return f"≥ {good[-1]:g}" if len(good) == len(steps) else good[-1]
+
+
+def _common_step(project: list[dict], raw: list[dict], key: str, bound_ms: float) -> tuple[dict, dict] | None:
+    """The largest step (by `key`) both held, for comparing costs at the same load."""
+    both = {s[key]: s for s in project if held(s, bound_ms)}
+    pairs = [(both[s[key]], s) for s in raw if held(s, bound_ms) and s[key] in both]
+    return pairs[-1] if pairs else None
+
+
+def summary(results: dict) -> list[tuple[str, object, object]]:
+    """(figure, project, raw) rows: what the README quotes."""
+    p, r, s = results["project"], results["raw"], results["settings"]
+
+    def row(name: str, figure) -> tuple[str, object, object]:
+        return name, figure(p), figure(r)
+
+    def last_notify(key: str):  # the most requests: the Redis servers' own connections matter least there
+        return lambda x: x["notify"][-1][key] if x["notify"] else None
+
+    rows = [
+        row(
+            f"sockets held at 1 broadcast/s (p95 ≤ {BOUND_MS} ms, 0 lost)",
+            lambda x: _held_max(x["broadcast"], "sockets", BOUND_MS),
+        ),
+        row(f"broadcasts/s held at {s['rate_sockets']:,} sockets", lambda x: _held_max(x["rate"], "rate", BOUND_MS)),
+        row(
+            f"notifications/s held, POST → socket (p95 < {NOTIFY_BOUND_MS} ms)",
+            lambda x: _held_max(x["notify"], "rate", NOTIFY_BOUND_MS),
+        ),
+    ]
+    common = _common_step(p["rate"], r["rate"], "rate", BOUND_MS)
+    if common:
+        at = f"at {common[0]['sockets']:,} sockets, {common[0]['rate']:g}/s"
+        for name, key in (
+            ("p95 delivery, ms", "p95_ms"),
+            ("CPU per delivered message, µs (ws processes)", "pool_cpu_us_per_msg"),
+            ("CPU per delivered message, µs (all replicas)", "stack_cpu_us_per_msg"),
+        ):
+            rows.append((f"{name}, {at}", common[0][key], common[1][key]))
+    rows += [
+        row(f"CPU with {s['idle_sockets']:,} idle sockets, % of one core", lambda x: x["idle"]["cpu_pct_idle_sockets"]),
+        row("CPU with no socket, % of one core", lambda x: x["idle"]["cpu_pct_no_socket"]),
+        row("memory per socket, KiB (PSS of the ws processes)", lambda x: x["idle"]["kib_per_socket"]),
+        row("new Redis connections per notification", last_notify("new_redis_per_request")),
+        row("new Sentinel connections per notification", last_notify("new_sentinel_per_request")),
+        row(
+            "client CPU, highest % of one core in a step",
+            lambda x: max((st["client_cpu_pct"] for w in ("broadcast", "rate", "notify") for st in x[w]), default=None),
+        ),
+    ]
+    return rows
+
+
+def _ratio(project, raw) -> str:
+    def number(value):
+        if isinstance(value, str):
+            value = value.removeprefix("≥ ")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    a, b = number(project), number(raw)
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def table(results: dict) -> str:
+    rows = [("figure", "project", "raw", "project ÷ raw")]
+    rows += [(name, _fmt(project), _fmt(raw), _ratio(project, raw)) for name, project, raw in summary(results)]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def steps_table(results: dict, workload: str, key: str) -> str:
+    """Every step of a workload, project and raw, for the record."""
+    lines = [f"{workload}: {key}, p50 / p95 / p99 ms, lost, client CPU %"]
+    for kind in ("project", "raw"):
+        for step in results[kind][workload]:
+            lines.append(
+                f"  {kind:7} {step[key]:>8g}  {step['p50_ms']} / {step['p95_ms']} / {step['p99_ms']}  "
+                f"lost {step['lost']}  client {step['client_cpu_pct']} %"
+            )
+    return "\n".join(lines)
+
+
+def plots(results: dict, folder: Path) -> list[Path]:
+    """Latency percentiles against sockets, broadcast rate and notification rate: project and raw on one chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    charts = [
+        ("broadcast", "sockets", "sockets (1 broadcast/s)", BOUND_MS),
+        ("rate", "rate", f"broadcasts/s at {results['settings']['rate_sockets']:,} sockets", BOUND_MS),
+        ("notify", "rate", "notifications/s (POST → socket)", NOTIFY_BOUND_MS),
+    ]
+    for workload, key, label, bound in charts:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for kind, style in (("project", "-"), ("raw", "--")):
+            steps = [s for s in results[kind][workload] if s["p50_ms"] is not None]
+            for pct, colour in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")):
+                ax.plot(
+                    [s[key] for s in steps],
+                    [s[f"{pct}_ms"] for s in steps],
+                    style,
+                    marker="o",
+                    color=colour,
+                    label=f"{kind} {pct}",
+                )
+        ax.axhline(bound, color="grey", linewidth=0.8, linestyle=":", label=f"bound {bound} ms")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("delivery latency, ms")
+        ax.set_title(f"{workload}: project (solid) and raw baseline (dashed)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = folder / f"{workload}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def write(results: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "results.json"
+    data.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return [data, *plots(results, folder)]

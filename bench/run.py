@@ -1,0 +1,314 @@
+"""The workloads, each run against the project's pool and then the raw baseline's, in one run.
+
+broadcast  sockets stepped up at 1 broadcast/s until p95 delivery exceeds the
+           bound or any update is lost
+rate       at a fixed socket count, the broadcast rate stepped up, same criterion
+notify     POST /api/notifications/ (raw: its GET) -> the user's socket, stepped
+           rates: p95 post-to-receive, non-2xx answers, new Redis and Sentinel
+           connections per request
+idle       the pool's CPU with no socket and with N idle ones, and its memory
+           (PSS) per socket
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from urllib.parse import quote
+
+from bench.load import Requests, Site, Sockets, Window, client_cpu, live_frames, percentile
+from bench.pools import Pool, cpu_seconds, pss_kib, role_default
+
+BOUND_MS = 250  # p95 delivery of a broadcast
+CALM_SECONDS = 5  # after closing a workload's sockets, before the next one opens its own
+NOTIFY_BOUND_MS = 100  # p95 POST -> socket
+
+
+@dataclass
+class Settings:
+    socket_steps: list[int] = field(default_factory=lambda: [250, 500, 1000, 2000, 4000, 8000])
+    rate_sockets: int = 1000
+    rate_steps: list[float] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
+    notify_steps: list[float] = field(default_factory=lambda: [10, 25, 50, 100, 200, 300, 500])
+    idle_sockets: int = 1000
+    seconds: float = 10  # each measured step
+
+    def max_sockets(self) -> int:
+        return max(*self.socket_steps, self.rate_sockets, self.idle_sockets)
+
+
+SMOKE = Settings(
+    socket_steps=[10, 20], rate_sockets=10, rate_steps=[1, 5], notify_steps=[5], idle_sockets=10, seconds=2
+)
+
+
+def sources_needed(settings: Settings) -> int:
+    """Client addresses for the largest socket count within nginx's per-address limit (with headroom)."""
+    per_address = int(role_default("nginx", "nginx_connections_per_ip") * 0.9)
+    return math.ceil(settings.max_sockets() / per_address)
+
+
+class Measure:
+    """Runs a step while reading the pool's, the whole stack's and the client's CPU around it."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+
+    async def around(self, action) -> tuple[object, dict]:
+        pool_pids, stack_pids = await asyncio.to_thread(lambda: (self.pool.pids(), self.pool.replica_pids()))
+        before = await asyncio.to_thread(lambda: (cpu_seconds(pool_pids), cpu_seconds(stack_pids)))
+        started = time.monotonic()
+        with client_cpu() as client:
+            result = await action()
+        seconds = time.monotonic() - started
+        # Processes started meanwhile count whole; one that ended meanwhile (the publisher) is not read.
+        stack_pids = sorted({*stack_pids, *await asyncio.to_thread(self.pool.replica_pids)})
+        after = await asyncio.to_thread(lambda: (cpu_seconds(pool_pids), cpu_seconds(stack_pids)))
+        return result, {
+            "seconds": round(seconds, 1),
+            "pool_cpu_s": round(after[0] - before[0], 2),
+            "stack_cpu_s": round(after[1] - before[1], 2),
+            "client_cpu_pct": round(100 * client["seconds"] / seconds, 1),
+        }
+
+
+def held(step: dict, bound_ms: float) -> bool:
+    """Nothing lost, refused or failed, and p95 within the bound."""
+    if step["lost"] or step.get("failed") or step.get("refused"):
+        return False
+    return step["p95_ms"] is not None and step["p95_ms"] <= bound_ms
+
+
+async def _drain(window: Window, expected: int, seconds: float = 5) -> None:
+    """Wait for the last frames in flight (until all arrived, or `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while len(window.latencies) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+
+
+async def _broadcast_step(pool, measure, sockets, current, rate: float, seconds: float, marker: str) -> dict:
+    window = current["window"] = Window(marker)
+    count = max(1, round(rate * seconds))
+
+    async def publish():
+        published = await asyncio.to_thread(pool.publish, rate, count, marker)
+        await _drain(window, published * len(sockets))
+        return published
+
+    published, cost = await measure.around(publish)
+    current["window"] = None
+    step = {"sockets": len(sockets), "rate": rate, "published": published, **window.summary(published * len(sockets))}
+    step["closed"], step["refused"] = sockets.closed, dict(sockets.refused)
+    step.update(cost)
+    delivered = max(1, step["received"])
+    step["pool_cpu_us_per_msg"] = round(cost["pool_cpu_s"] * 1e6 / delivered, 1)
+    step["stack_cpu_us_per_msg"] = round(cost["stack_cpu_s"] * 1e6 / delivered, 1)
+    return step
+
+
+async def broadcast(pool, measure, site, sources, settings: Settings, report) -> list[dict]:
+    sockets, current, steps = Sockets(site, "/ws/live/", sources), {"window": None}, []
+    sockets.on_frame = live_frames(lambda: current["window"])
+    try:
+        for count in settings.socket_steps:
+            await sockets.grow(count)
+            step = await _broadcast_step(pool, measure, sockets, current, 1, settings.seconds, f"B{count}")
+            steps.append(step)
+            report(step)
+            if not held(step, BOUND_MS):
+                break
+    finally:
+        await sockets.close()
+        await asyncio.sleep(CALM_SECONDS)
+    return steps
+
+
+async def rate(pool, measure, site, sources, settings: Settings, report) -> list[dict]:
+    sockets, current, steps = Sockets(site, "/ws/live/", sources), {"window": None}, []
+    sockets.on_frame = live_frames(lambda: current["window"])
+    try:
+        await sockets.grow(settings.rate_sockets)
+        for per_second in settings.rate_steps:
+            step = await _broadcast_step(
+                pool, measure, sockets, current, per_second, settings.seconds, f"R{per_second:g}".replace(".", "_")
+            )
+            steps.append(step)
+            report(step)
+            if not held(step, BOUND_MS):
+                break
+    finally:
+        await sockets.close()
+        await asyncio.sleep(CALM_SECONDS)
+    return steps
+
+
+class RedisCounters:
+    """Connections Redis's master and every Sentinel have accepted since they started (INFO stats)."""
+
+    def __init__(self, stack, secrets):
+        self.stack, self.secrets = stack, secrets
+        self.hosts = [h.name for h in stack.topology.group("redis")]
+
+    def _received(self, name: str, port: int, password: str) -> int:
+        out = self.stack.run(
+            name, f"REDISCLI_AUTH={password} redis-cli -h {self.stack.address(name)} -p {port} --no-auth-warning INFO"
+        ).stdout
+        return int(re.search(r"total_connections_received:(\d+)", out).group(1))
+
+    def read(self) -> dict[str, int]:
+        redis_port = role_default("redis", "redis_port")
+        sentinel_port = role_default("redis_sentinel", "redis_sentinel_port")
+        master = sum(
+            self._received(n, redis_port, self.secrets["redis_password"])
+            for n in self.hosts
+            if "role:master"
+            in self.stack.run(
+                n,
+                f"REDISCLI_AUTH={self.secrets['redis_password']} redis-cli -h {self.stack.address(n)} "
+                f"-p {redis_port} --no-auth-warning INFO replication",
+            ).stdout
+        )
+        sentinels = sum(self._received(n, sentinel_port, self.secrets["redis_sentinel_password"]) for n in self.hosts)
+        return {"redis": master, "sentinel": sentinels}
+
+
+async def notify(pool, measure, site, sources, settings: Settings, counters: RedisCounters, report) -> list[dict]:
+    raw = pool.kind == "raw"
+    path = f"/ws/notifications/?user={site.user_id}" if raw else "/ws/notifications/"
+    sockets = Sockets(site, path, sources[:1], cookie=not raw)
+    steps = []
+    try:
+        await sockets.grow(1)
+        for per_second in settings.notify_steps:
+            marker, received = f"N{per_second:g}", {}
+
+            def on_frame(frame, now, marker=marker, received=received):
+                message = json.loads(frame)
+                text = message.get("message", "") if message.get("type") == "notification" else ""
+                if text.startswith(marker + " "):
+                    received.setdefault(int(text.split()[1]), now)
+
+            sockets.on_frame = on_frame
+
+            async def request(client, i, marker=marker):
+                if raw:
+                    return await client.get(f"/ws/raw-notify/?user={site.user_id}&message={quote(f'{marker} {i}')}")
+                return await client.post(
+                    "/api/notifications/",
+                    json={"user_id": site.user_id, "message": f"{marker} {i}"},
+                    headers={"Authorization": f"Bearer {site.token}"},
+                )
+
+            count = max(1, round(per_second * settings.seconds))
+            before = await asyncio.to_thread(counters.read)
+
+            async def run(count=count, received=received, per_second=per_second, request=request):
+                sent, statuses = await Requests(site, sources[-1]).run(per_second, count, request)
+                deadline = time.monotonic() + 5
+                while len(received) < sum(n for s, n in statuses.items() if s in (200, 202)):
+                    if time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+                return sent, statuses
+
+            (sent, statuses), cost = await measure.around(run)
+            after = await asyncio.to_thread(counters.read)
+            latencies = [received[i] - sent[i] for i in received if i in sent]
+            failed = sum(n for status, n in statuses.items() if status not in (200, 202))
+            step = {
+                "rate": per_second,
+                "requests": count,
+                "failed": failed,
+                "statuses": {str(k): v for k, v in statuses.items()},
+                "received": len(latencies),
+                "lost": count - failed - len(latencies),
+                "p50_ms": _ms(percentile(latencies, 0.5)),
+                "p95_ms": _ms(percentile(latencies, 0.95)),
+                "p99_ms": _ms(percentile(latencies, 0.99)),
+                "new_redis_per_request": round((after["redis"] - before["redis"]) / count, 2),
+                "new_sentinel_per_request": round((after["sentinel"] - before["sentinel"]) / count, 2),
+                **cost,
+            }
+            steps.append(step)
+            report(step)
+            if not held(step, NOTIFY_BOUND_MS):
+                break
+    finally:
+        await sockets.close()
+        await asyncio.sleep(CALM_SECONDS)
+    return steps
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+async def idle(pool, site, sources, settings: Settings, report) -> dict:
+    """The pool's CPU (% of one core) with no socket and with N idle ones; PSS per socket."""
+
+    async def cpu_percent() -> float:
+        pids = await asyncio.to_thread(pool.pids)
+        before, started = cpu_seconds(pids), time.monotonic()
+        await asyncio.sleep(settings.seconds)
+        return round(100 * (cpu_seconds(pids) - before) / (time.monotonic() - started), 2)
+
+    pss_before = await asyncio.to_thread(lambda: pss_kib(pool.pids()))
+    empty = await cpu_percent()
+    sockets = Sockets(site, "/ws/live/", sources)
+    try:
+        await sockets.grow(settings.idle_sockets)
+        await asyncio.sleep(2)
+        loaded = await cpu_percent()
+        pss_after = await asyncio.to_thread(lambda: pss_kib(pool.pids()))
+        opened, refused = len(sockets), dict(sockets.refused)
+    finally:
+        await sockets.close()
+        await asyncio.sleep(CALM_SECONDS)
+    figures = {
+        "sockets": opened,
+        "refused": refused,
+        "cpu_pct_no_socket": empty,
+        "cpu_pct_idle_sockets": loaded,
+        "pss_kib_no_socket": pss_before,
+        "pss_kib_with_sockets": pss_after,
+        "kib_per_socket": round((pss_after - pss_before) / max(1, opened), 1),
+    }
+    report(figures)
+    return figures
+
+
+async def measure_pool(pool, site, sources, settings: Settings, counters, say) -> dict:
+    """Every workload against what runs on the pool now."""
+    measure = Measure(pool)
+
+    def reporter(workload):
+        return lambda step: say(f"{pool.kind:7} {workload:9} " + " ".join(f"{k}={v}" for k, v in step.items()))
+
+    return {
+        "idle": await idle(pool, site, sources, settings, reporter("idle")),
+        "broadcast": await broadcast(pool, measure, site, sources, settings, reporter("broadcast")),
+        "rate": await rate(pool, measure, site, sources, settings, reporter("rate")),
+        "notify": await notify(pool, measure, site, sources, settings, counters, reporter("notify")),
+    }
+
+
+async def run(stack, secrets, site: Site, sources, settings: Settings, say=print) -> dict:
+    """The project's pool, then the raw baseline on the same ports; daphne back in service at the end."""
+    pool = Pool(stack, secrets)
+    counters = RedisCounters(stack, secrets)
+    results = {"settings": asdict(settings), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    say("bench: installing the raw baseline's server on the ws hosts")
+    await asyncio.to_thread(pool.install)
+    results["project"] = await measure_pool(pool, site, sources, settings, counters, say)
+    try:
+        say("bench: the raw baseline in place of the daphne instances (same ports)")
+        await asyncio.to_thread(pool.use_raw)
+        results["raw"] = await measure_pool(pool, site, sources, settings, counters, say)
+    finally:
+        await asyncio.to_thread(pool.restore)
+        say("bench: daphne instances back in service")
+    return results

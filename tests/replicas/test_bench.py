@@ -1,0 +1,60 @@
+"""`./stack bench` end to end, with small counts: every workload against the project's pool and the raw
+baseline, the table, results.json and the plots, and the daphne instances back in service afterwards.
+
+Figures are printed (`figure:` lines), never asserted as times: what this proves
+is that the benchmark runs, measures both sides and leaves the stack as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from bench import report
+from bench.__main__ import measure
+from bench.run import SMOKE
+from tests.replicas.conftest import STACK_KIND, instance_gauges, open_ws
+from tests.replicas.test_drills import pong, wait_until
+
+pytestmark = pytest.mark.skipif(STACK_KIND != "replicas", reason="the bench reads the replicas' processes here")
+
+
+def test_the_benchmark_runs_end_to_end_beside_its_raw_baseline(site, stack, hosts, tmp_path):
+    results = measure(stack, SMOKE, tmp_path)
+    for name, project, raw in report.summary(results):
+        print(f"figure: bench smoke, {name}: project {project}, raw {raw}")
+
+    for kind in ("project", "raw"):
+        figures = results[kind]
+        # Every workload ran and measured something on both sides.
+        assert [s["sockets"] for s in figures["broadcast"]][:1] == SMOKE.socket_steps[:1], figures["broadcast"]
+        assert figures["rate"], figures
+        assert figures["notify"], figures
+        first = figures["broadcast"][0]
+        assert first["published"] == SMOKE.seconds, first
+        assert first["received"] > 0, first
+        assert figures["notify"][0]["received"] > 0, figures["notify"]
+        assert figures["idle"]["pss_kib_no_socket"] > 0, figures["idle"]
+        assert figures["idle"]["pss_kib_with_sockets"] > 0, figures["idle"]
+        assert figures["broadcast"][0]["pool_cpu_s"] > 0, "the pool's CPU was not read"
+        # At these counts nothing may be lost: every tick reached every socket.
+        assert first["lost"] == 0, first
+
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert set(written) >= {"project", "raw", "settings", "machine"}
+    for chart in ("broadcast", "rate", "notify"):
+        assert (tmp_path / f"{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The project's pool serves again: no bench process left, sockets through nginx answered,
+    # and the gauges of the bench's sockets back to 0.
+    for ws_host in (h.name for h in stack.topology.group("ws")):
+        assert stack.run(ws_host, "systemctl list-units --plain --no-legend 'bench-raw-*'").stdout.strip() == ""
+
+    async def serving():
+        async with open_ws(site, "/ws/orders/") as ws:
+            return await pong(ws)
+
+    assert asyncio.run(serving())
+    assert asyncio.run(wait_until(lambda: sum(instance_gauges(hosts, stack, "live").values()) == 0, 15))

@@ -1,0 +1,80 @@
+"""The benchmark's arithmetic: what a step "held", the summary rows, ratios, latencies from tick stamps."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from bench import report
+from bench.load import Window, live_frames, percentile
+from bench.pools import role_default
+from bench.run import BOUND_MS, SMOKE, Settings, held, sources_needed
+
+
+def step(key, value, p95, lost=0, **extra):
+    return {key: value, "p50_ms": p95 / 2, "p95_ms": p95, "p99_ms": p95, "lost": lost, "client_cpu_pct": 5.0, **extra}
+
+
+def side(sockets, rates, notify):
+    costs = {"pool_cpu_us_per_msg": 50.0, "stack_cpu_us_per_msg": 120.0}
+    return {
+        "broadcast": [step("sockets", n, p95) for n, p95 in sockets],
+        "rate": [step("rate", r, p95, sockets=1000, **costs) for r, p95 in rates],
+        "notify": [
+            step("rate", r, p95, failed=0, new_redis_per_request=0.0, new_sentinel_per_request=0.0) for r, p95 in notify
+        ],
+        "idle": {"cpu_pct_idle_sockets": 2.0, "cpu_pct_no_socket": 0.5, "kib_per_socket": 30.0},
+    }
+
+
+RESULTS = {
+    "settings": {"rate_sockets": 1000, "idle_sockets": 1000},
+    "project": side([(250, 90), (500, 300)], [(1, 80), (2, 120), (5, 900)], [(10, 40), (25, 150)]),
+    "raw": side([(250, 10), (500, 12), (1000, 20)], [(1, 5), (2, 6), (5, 7)], [(10, 5), (25, 6)]),
+}
+
+
+def test_a_step_holds_only_with_nothing_lost_nothing_failed_and_p95_within_the_bound():
+    assert held(step("sockets", 1, BOUND_MS), BOUND_MS)
+    assert not held(step("sockets", 1, BOUND_MS + 0.1), BOUND_MS)
+    assert not held(step("sockets", 1, 10, lost=1), BOUND_MS)
+    assert not held(step("rate", 1, 10, failed=1), BOUND_MS)
+    assert not held(step("sockets", 1, 10, refused={"500": 1}), BOUND_MS)
+    assert not held({"p95_ms": None, "lost": 0}, BOUND_MS)  # nothing arrived
+
+
+def test_the_summary_quotes_the_last_step_held_and_says_when_the_steps_ran_out():
+    rows = {name: (project, raw) for name, project, raw in report.summary(RESULTS)}
+    assert rows["sockets held at 1 broadcast/s (p95 ≤ 250 ms, 0 lost)"] == (250, "≥ 1000")
+    assert rows["broadcasts/s held at 1,000 sockets"] == (2, "≥ 5")
+    assert rows["notifications/s held, POST → socket (p95 < 100 ms)"] == (10, "≥ 25")
+    # Costs compare the largest step both held: 2/s here.
+    assert rows["p95 delivery, ms, at 1,000 sockets, 2/s"] == (120, 6)
+
+
+def test_the_table_prints_project_raw_and_their_ratio():
+    lines = report.table(RESULTS).splitlines()
+    sockets = next(line for line in lines if line.startswith("| sockets held"))
+    assert [cell.strip() for cell in sockets.strip("|").split("|")][1:] == ["250", "≥ 1000", "0.25"]
+    zero = next(line for line in lines if line.startswith("| new Redis"))
+    assert zero.rstrip(" |").endswith("—")  # no ratio to a zero
+
+
+def test_latency_is_receipt_minus_the_publishers_stamp_and_only_this_windows_ticks_count():
+    window = Window("B250")
+    on_frame = live_frames(lambda: window)
+    sent = datetime(2026, 1, 1, tzinfo=UTC)
+    stamp = sent.isoformat()
+    frame = json.dumps({"type": "batch", "updates": [{"symbol": "B250", "ts": stamp}, {"symbol": "B500", "ts": stamp}]})
+    on_frame(frame, sent.timestamp() + 0.120)
+    on_frame(frame, sent.timestamp() + 0.080)
+    assert [round(x, 3) for x in window.latencies] == [0.12, 0.08]
+    assert window.summary(expected=3) == {"received": 2, "lost": 1, "p50_ms": 120.0, "p95_ms": 120.0, "p99_ms": 120.0}
+    assert percentile([], 0.95) is None
+
+
+def test_the_client_has_enough_addresses_for_nginxs_per_address_limit():
+    per_address = role_default("nginx", "nginx_connections_per_ip")
+    assert sources_needed(SMOKE) == 1
+    full = Settings()
+    assert sources_needed(full) * per_address > full.max_sockets()
