@@ -127,6 +127,13 @@ class Pool:
         self.kind = "raw"
         self._wait_listening()
 
+    def restart(self) -> None:
+        """Fresh processes: memory a process once took is not given back, so per-socket PSS starts here."""
+        unit = "daphne@{}" if self.kind == "project" else "bench-raw-{}"
+        for name in self.ws:
+            self._sh(name, "systemctl restart " + " ".join(unit.format(p) for p in self.ports[name]))
+        self._wait_listening(path="/readyz" if self.kind == "project" else "/")
+
     def restore(self) -> None:
         """The daphne instances back in service, each answering /readyz; the raw servers gone."""
         for name in self.ws:

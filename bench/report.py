@@ -17,10 +17,14 @@ def _held_max(steps: list[dict], key: str, bound_ms: float) -> str | float:
 
 
 def _common_step(project: list[dict], raw: list[dict], key: str, bound_ms: float) -> tuple[dict, dict] | None:
-    """The largest step (by `key`) both held, for comparing costs at the same load."""
+    """The largest step (by `key`) both held, for comparing costs at the same load; else the first both ran."""
     both = {s[key]: s for s in project if held(s, bound_ms)}
     pairs = [(both[s[key]], s) for s in raw if held(s, bound_ms) and s[key] in both]
-    return pairs[-1] if pairs else None
+    if pairs:
+        return pairs[-1]
+    ran = {s[key]: s for s in project}
+    pairs = [(ran[s[key]], s) for s in raw if s[key] in ran]
+    return pairs[0] if pairs else None
 
 
 def summary(results: dict) -> list[tuple[str, object, object]]:

@@ -70,6 +70,7 @@ class Measure:
         after = await asyncio.to_thread(lambda: (cpu_seconds(pool_pids), cpu_seconds(stack_pids)))
         return result, {
             "seconds": round(seconds, 1),
+            "pool_processes": len(pool_pids),
             "pool_cpu_s": round(after[0] - before[0], 2),
             "stack_cpu_s": round(after[1] - before[1], 2),
             "client_cpu_pct": round(100 * client["seconds"] / seconds, 1),
@@ -248,7 +249,7 @@ def _ms(seconds):
 
 
 async def idle(pool, site, sources, settings: Settings, report) -> dict:
-    """The pool's CPU (% of one core) with no socket and with N idle ones; PSS per socket."""
+    """The pool's CPU (% of one core) with no socket and with N idle ones; PSS per socket, from fresh processes."""
 
     async def cpu_percent() -> float:
         pids = await asyncio.to_thread(pool.pids)
@@ -256,6 +257,8 @@ async def idle(pool, site, sources, settings: Settings, report) -> dict:
         await asyncio.sleep(settings.seconds)
         return round(100 * (cpu_seconds(pids) - before) / (time.monotonic() - started), 2)
 
+    await asyncio.to_thread(pool.restart)
+    await asyncio.sleep(CALM_SECONDS)
     pss_before = await asyncio.to_thread(lambda: pss_kib(pool.pids()))
     empty = await cpu_percent()
     sockets = Sockets(site, "/ws/live/", sources)

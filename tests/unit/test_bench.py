@@ -52,6 +52,13 @@ def test_the_summary_quotes_the_last_step_held_and_says_when_the_steps_ran_out()
     assert rows["p95 delivery, ms, at 1,000 sockets, 2/s"] == (120, 6)
 
 
+def test_costs_compare_the_first_step_both_ran_when_the_project_held_none():
+    results = {**RESULTS, "project": side([(250, 900)], [(1, 800)], [(10, 400)])}
+    rows = {name: (project, raw) for name, project, raw in report.summary(results)}
+    assert rows["p95 delivery, ms, at 1,000 sockets, 1/s"] == (800, 5)
+    assert rows["broadcasts/s held at 1,000 sockets"] == (0, "≥ 5")
+
+
 def test_the_table_prints_project_raw_and_their_ratio():
     lines = report.table(RESULTS).splitlines()
     sockets = next(line for line in lines if line.startswith("| sockets held"))
