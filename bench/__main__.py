@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import resource
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -20,7 +20,7 @@ from pathlib import Path
 from bench import report
 from bench.load import Site, login
 from bench.pools import ROOT, stack_secrets
-from bench.run import SMOKE, Settings, run, sources_needed
+from bench.run import SMOKE, WORKLOADS, Settings, run, sources_needed
 from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.topology import load
@@ -35,12 +35,11 @@ def site_of(stack, secrets: dict[str, str], folder: Path) -> Site:
         raise RuntimeError(f"{lb}: no certificate: {cert.stderr}")
     cafile = folder / "lb.crt"
     cafile.write_text(cert.stdout)
-    context = ssl.create_default_context(cafile=str(cafile))
-    base = f"https://{stack.address(lb)}"
-    client, user_id = login(base, context, "admin", secrets["app_admin_password"])
-    session = client.cookies["sessionid"]
+    site = Site(f"https://{stack.address(lb)}", str(cafile), token=secrets["app_notify_api_token"])
+    client, site.user_id = login(site.base, site.ssl, "admin", secrets["app_admin_password"])
+    site.session = client.cookies["sessionid"]
     client.close()
-    return Site(base, context, session=session, user_id=user_id, token=secrets["app_notify_api_token"])
+    return site
 
 
 def measure(stack, settings: Settings, folder: Path, say=print) -> dict:
@@ -60,6 +59,8 @@ def measure(stack, settings: Settings, folder: Path, say=print) -> dict:
     files = report.write(results, folder)
     say("\n" + report.table(results))
     for workload, key in (("broadcast", "sockets"), ("rate", "rate"), ("notify", "rate")):
+        if workload not in settings.workloads:
+            continue
         say("\n" + report.steps_table(results, workload, key))
     say("\nwritten: " + ", ".join(str(f) for f in files))
     return results
@@ -68,10 +69,18 @@ def measure(stack, settings: Settings, folder: Path, say=print) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="./stack bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="small counts, seconds: proves the bench runs")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=WORKLOADS,
+        help="run this workload only (repeatable): a change's before and after, quicker",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / ".bench", help="where results.json and the plots go")
     parser.add_argument("--topology", default=os.environ.get("REPLICAS_TOPOLOGY", "scaled"))
     args = parser.parse_args()
     settings = SMOKE if args.smoke else Settings()
+    if args.only:
+        settings = dataclasses.replace(settings, workloads=tuple(args.only))
     stack = ReplicaStack(Harness(from_env()), load(args.topology))
     started = time.monotonic()
     brought_up = stack.up()["booted"]

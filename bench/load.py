@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
+import os
 import re
 import ssl
 import time
@@ -20,13 +22,15 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bench.pools import cpu_seconds
+
 
 @dataclass
 class Site:
     """The stack's front door as the client sees it: nginx's URL and certificate, a logged-in user."""
 
     base: str
-    ssl: ssl.SSLContext
+    cafile: str  # nginx's certificate
     session: str = ""
     user_id: int = 0
     token: str = ""
@@ -34,6 +38,17 @@ class Site:
     @property
     def ws(self) -> str:
         return "wss://" + self.base.removeprefix("https://")
+
+    @property
+    def ssl(self) -> ssl.SSLContext:
+        # Built where it is used: a Site crosses to the client's worker processes, a context cannot.
+        context = self.__dict__.get("_ssl")
+        if context is None:
+            context = self.__dict__["_ssl"] = ssl.create_default_context(cafile=self.cafile)
+        return context
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_ssl"}
 
 
 def login(base: str, context: ssl.SSLContext, username: str, password: str) -> tuple[httpx.Client, int]:
@@ -158,6 +173,115 @@ class Sockets:
         self.sockets, self.readers, self.closed, self.refused = [], [], 0, {}
 
 
+class Fleet:
+    """WebSockets held by several client processes, each reading its share of every broadcast.
+
+    One Python process reading a broadcast's burst of thousands of TLS frames
+    takes longer than the servers take to send them: the client would be the
+    bound it measures. Each worker holds its share of the sockets on its share
+    of the source addresses and keeps its own window of latencies; the
+    latencies are gathered when a step ends.
+    """
+
+    def __init__(self, site: Site, path: str, sources: list[str | None], processes: int | None = None):
+        count = processes or os.cpu_count() or 1
+        spawn = multiprocessing.get_context("spawn")
+        self.workers = []
+        for i in range(count):
+            share = sources[i::count] if len(sources) >= count else sources
+            parent, child = spawn.Pipe()
+            process = spawn.Process(target=_worker, args=(child, site, path, share), daemon=True)
+            process.start()
+            self.workers.append((process, parent))
+        self.opened, self.closed, self.refused = 0, 0, {}
+
+    def __len__(self) -> int:
+        return self.opened
+
+    def pids(self) -> list[int]:
+        return [process.pid for process, _ in self.workers]
+
+    def _ask(self, commands: list[tuple]) -> list:
+        for (_, conn), command in zip(self.workers, commands, strict=True):
+            conn.send(command)
+        return [conn.recv() for _, conn in self.workers]
+
+    async def _all(self, command: str, arg=None) -> list:
+        return await asyncio.to_thread(self._ask, [(command, arg)] * len(self.workers))
+
+    def _count(self, replies: list[tuple]) -> None:
+        self.opened = sum(r[0] for r in replies)
+        self.closed = sum(r[1] for r in replies)
+        self.refused = {}
+        for reply in replies:
+            for reason, n in reply[2].items():
+                self.refused[reason] = self.refused.get(reason, 0) + n
+
+    async def grow(self, count: int) -> None:
+        n = len(self.workers)
+        shares = [("grow", count // n + (i < count % n)) for i in range(n)]
+        self._count(await asyncio.to_thread(self._ask, shares))
+
+    async def window(self, marker: str) -> None:
+        await self._all("window", marker)
+
+    async def received(self) -> int:
+        return sum(await self._all("received"))
+
+    async def take(self) -> list[float]:
+        """The window's latencies from every worker (the window ends); sockets closed meanwhile counted."""
+        replies = await self._all("take")
+        self._count([r[1:] for r in replies])
+        return [latency for reply in replies for latency in reply[0]]
+
+    async def close(self) -> None:
+        """Every socket closed (gently, as Sockets.close), then the workers stopped."""
+        try:
+            await self._all("close")
+        finally:
+            for process, conn in self.workers:
+                with contextlib.suppress(OSError):
+                    conn.send(("exit", None))
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
+            self.opened = 0
+
+
+def _worker(conn, site: Site, path: str, sources: list[str | None]) -> None:
+    asyncio.run(_work(conn, site, path, sources))
+
+
+async def _work(conn, site: Site, path: str, sources: list[str | None]) -> None:
+    """A Fleet's worker: answers each command from the pipe, reading its sockets meanwhile."""
+    sockets, current = Sockets(site, path, sources), {"window": None}
+    sockets.on_frame = live_frames(lambda: current["window"])
+
+    def counts() -> tuple:
+        return len(sockets), sockets.closed, dict(sockets.refused)
+
+    while True:
+        command, arg = await asyncio.to_thread(conn.recv)
+        if command == "exit":
+            return
+        if command == "grow":
+            await sockets.grow(arg)
+            reply = counts()
+        elif command == "window":
+            current["window"], reply = Window(arg), None
+        elif command == "received":
+            reply = len(current["window"].latencies) if current["window"] else 0
+        elif command == "take":
+            window, current["window"] = current["window"], None
+            reply = (window.latencies if window else [], *counts())
+        elif command == "close":
+            await sockets.close()
+            reply = None
+        else:
+            reply = ValueError(f"unknown command {command!r}")
+        conn.send(reply)
+
+
 def live_frames(window_of) -> callable:
     """on_frame for /ws/live/: each update of a batch goes to the current window."""
 
@@ -203,11 +327,11 @@ class Requests:
 
 
 @contextlib.contextmanager
-def client_cpu():
-    """The client's own CPU seconds over the block: {"seconds": ...} once it ends."""
+def client_cpu(workers: list[int] = ()):
+    """The client's CPU seconds over the block, its worker processes' included: {"seconds": ...} once it ends."""
     spent = {}
-    started = time.process_time()
+    started, workers_before = time.process_time(), cpu_seconds(workers)
     try:
         yield spent
     finally:
-        spent["seconds"] = time.process_time() - started
+        spent["seconds"] = time.process_time() - started + cpu_seconds(workers) - workers_before

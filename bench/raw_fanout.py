@@ -82,6 +82,7 @@ async def serve(args) -> None:
 
 async def publish(args) -> None:
     redis = master(args)
+    await redis.ping()  # connected before the first tick, as the project's publisher is
     interval, next_at = 1.0 / args.rate, asyncio.get_running_loop().time()
     for _ in range(args.count):
         update = {"symbol": args.symbol, "price": 100.0, "ts": datetime.now(UTC).isoformat()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.run import BOUND_MS, NOTIFY_BOUND_MS, held
+from bench.run import BOUND_MS, NOTIFY_BOUND_MS, STEPPED, held
 
 
 def _held_max(steps: list[dict], key: str, bound_ms: float) -> str | float:
@@ -28,27 +28,29 @@ def _common_step(project: list[dict], raw: list[dict], key: str, bound_ms: float
 
 
 def summary(results: dict) -> list[tuple[str, object, object]]:
-    """(figure, project, raw) rows: what the README quotes."""
+    """(figure, project, raw) rows: what the README quotes (rows of the workloads that ran)."""
     p, r, s = results["project"], results["raw"], results["settings"]
+    rows = []
 
-    def row(name: str, figure) -> tuple[str, object, object]:
-        return name, figure(p), figure(r)
+    def row(workload: str, name: str, figure) -> None:
+        if workload in p and workload in r:
+            rows.append((name, figure(p), figure(r)))
 
     def last_notify(key: str):  # the most requests: the Redis servers' own connections matter least there
         return lambda x: x["notify"][-1][key] if x["notify"] else None
 
-    rows = [
-        row(
-            f"sockets held at 1 broadcast/s (p95 ≤ {BOUND_MS} ms, 0 lost)",
-            lambda x: _held_max(x["broadcast"], "sockets", BOUND_MS),
-        ),
-        row(f"broadcasts/s held at {s['rate_sockets']:,} sockets", lambda x: _held_max(x["rate"], "rate", BOUND_MS)),
-        row(
-            f"notifications/s held, POST → socket (p95 < {NOTIFY_BOUND_MS} ms)",
-            lambda x: _held_max(x["notify"], "rate", NOTIFY_BOUND_MS),
-        ),
-    ]
-    common = _common_step(p["rate"], r["rate"], "rate", BOUND_MS)
+    row(
+        "broadcast",
+        f"sockets held at 1 broadcast/s (p95 ≤ {BOUND_MS} ms, 0 lost)",
+        lambda x: _held_max(x["broadcast"], "sockets", BOUND_MS),
+    )
+    row("rate", f"broadcasts/s held at {s['rate_sockets']:,} sockets", lambda x: _held_max(x["rate"], "rate", BOUND_MS))
+    row(
+        "notify",
+        f"notifications/s held, POST → socket (p95 < {NOTIFY_BOUND_MS} ms)",
+        lambda x: _held_max(x["notify"], "rate", NOTIFY_BOUND_MS),
+    )
+    common = _common_step(p["rate"], r["rate"], "rate", BOUND_MS) if "rate" in p and "rate" in r else None
     if common:
         at = f"at {common[0]['sockets']:,} sockets, {common[0]['rate']:g}/s"
         for name, key in (
@@ -57,17 +59,23 @@ def summary(results: dict) -> list[tuple[str, object, object]]:
             ("CPU per delivered message, µs (all replicas)", "stack_cpu_us_per_msg"),
         ):
             rows.append((f"{name}, {at}", common[0][key], common[1][key]))
-    rows += [
-        row(f"CPU with {s['idle_sockets']:,} idle sockets, % of one core", lambda x: x["idle"]["cpu_pct_idle_sockets"]),
-        row("CPU with no socket, % of one core", lambda x: x["idle"]["cpu_pct_no_socket"]),
-        row("memory per socket, KiB (PSS of the ws processes)", lambda x: x["idle"]["kib_per_socket"]),
-        row("new Redis connections per notification", last_notify("new_redis_per_request")),
-        row("new Sentinel connections per notification", last_notify("new_sentinel_per_request")),
-        row(
-            "client CPU, highest % of one core in a step",
-            lambda x: max((st["client_cpu_pct"] for w in ("broadcast", "rate", "notify") for st in x[w]), default=None),
-        ),
-    ]
+    row(
+        "idle",
+        f"CPU with {s['idle_sockets']:,} idle sockets, % of one core",
+        lambda x: x["idle"]["cpu_pct_idle_sockets"],
+    )
+    row("idle", "CPU with no socket, % of one core", lambda x: x["idle"]["cpu_pct_no_socket"])
+    row("idle", "memory per socket, KiB (PSS of the ws processes)", lambda x: x["idle"]["kib_per_socket"])
+    row("notify", "new Redis connections per notification", last_notify("new_redis_per_request"))
+    row("notify", "new Sentinel connections per notification", last_notify("new_sentinel_per_request"))
+    stepped = [w for w in STEPPED if w in p]
+    if stepped:
+        rows.append(
+            (
+                "client CPU, highest % of one core in a step",
+                *(max((st["client_cpu_pct"] for w in stepped for st in x[w]), default=None) for x in (p, r)),
+            )
+        )
     return rows
 
 
@@ -129,6 +137,8 @@ def plots(results: dict, folder: Path) -> list[Path]:
         ("notify", "rate", "notifications/s (POST → socket)", NOTIFY_BOUND_MS),
     ]
     for workload, key, label, bound in charts:
+        if workload not in results["project"]:
+            continue
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for kind, style in (("project", "-"), ("raw", "--")):
             steps = [s for s in results[kind][workload] if s["p50_ms"] is not None]

@@ -20,12 +20,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
-from bench.load import Requests, Site, Sockets, Window, client_cpu, live_frames, percentile
+from bench.load import Fleet, Requests, Site, Sockets, Window, client_cpu, percentile
 from bench.pools import Pool, cpu_seconds, pss_kib, role_default
 
 BOUND_MS = 250  # p95 delivery of a broadcast
 CALM_SECONDS = 5  # after closing a workload's sockets, before the next one opens its own
 NOTIFY_BOUND_MS = 100  # p95 POST -> socket
+WORKLOADS = ("idle", "broadcast", "rate", "notify")
+STEPPED = ("broadcast", "rate", "notify")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Settings:
     notify_steps: list[float] = field(default_factory=lambda: [10, 25, 50, 100, 200, 300, 500])
     idle_sockets: int = 1000
     seconds: float = 10  # each measured step
+    workloads: tuple[str, ...] = WORKLOADS
 
     def max_sockets(self) -> int:
         return max(*self.socket_steps, self.rate_sockets, self.idle_sockets)
@@ -58,11 +61,11 @@ class Measure:
     def __init__(self, pool: Pool):
         self.pool = pool
 
-    async def around(self, action) -> tuple[object, dict]:
+    async def around(self, action, client_workers: list[int] = ()) -> tuple[object, dict]:
         pool_pids, stack_pids = await asyncio.to_thread(lambda: (self.pool.pids(), self.pool.replica_pids()))
         before = await asyncio.to_thread(lambda: (cpu_seconds(pool_pids), cpu_seconds(stack_pids)))
         started = time.monotonic()
-        with client_cpu() as client:
+        with client_cpu(client_workers) as client:
             result = await action()
         seconds = time.monotonic() - started
         # Processes started meanwhile count whole; one that ended meanwhile (the publisher) is not read.
@@ -84,26 +87,27 @@ def held(step: dict, bound_ms: float) -> bool:
     return step["p95_ms"] is not None and step["p95_ms"] <= bound_ms
 
 
-async def _drain(window: Window, expected: int, seconds: float = 5) -> None:
+async def _drain(fleet: Fleet, expected: int, seconds: float = 5) -> None:
     """Wait for the last frames in flight (until all arrived, or `seconds`)."""
     deadline = time.monotonic() + seconds
-    while len(window.latencies) < expected and time.monotonic() < deadline:
+    while await fleet.received() < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
 
 
-async def _broadcast_step(pool, measure, sockets, current, rate: float, seconds: float, marker: str) -> dict:
-    window = current["window"] = Window(marker)
+async def _broadcast_step(pool, measure, fleet: Fleet, rate: float, seconds: float, marker: str) -> dict:
     count = max(1, round(rate * seconds))
+    sockets = len(fleet)
+    await fleet.window(marker)
 
     async def publish():
         published = await asyncio.to_thread(pool.publish, rate, count, marker)
-        await _drain(window, published * len(sockets))
+        await _drain(fleet, published * sockets)
         return published
 
-    published, cost = await measure.around(publish)
-    current["window"] = None
-    step = {"sockets": len(sockets), "rate": rate, "published": published, **window.summary(published * len(sockets))}
-    step["closed"], step["refused"] = sockets.closed, dict(sockets.refused)
+    published, cost = await measure.around(publish, fleet.pids())
+    window = Window(marker, await fleet.take())
+    step = {"sockets": sockets, "rate": rate, "published": published, **window.summary(published * sockets)}
+    step["closed"], step["refused"] = fleet.closed, dict(fleet.refused)
     step.update(cost)
     delivered = max(1, step["received"])
     step["pool_cpu_us_per_msg"] = round(cost["pool_cpu_s"] * 1e6 / delivered, 1)
@@ -112,37 +116,34 @@ async def _broadcast_step(pool, measure, sockets, current, rate: float, seconds:
 
 
 async def broadcast(pool, measure, site, sources, settings: Settings, report) -> list[dict]:
-    sockets, current, steps = Sockets(site, "/ws/live/", sources), {"window": None}, []
-    sockets.on_frame = live_frames(lambda: current["window"])
+    fleet, steps = Fleet(site, "/ws/live/", sources), []
     try:
         for count in settings.socket_steps:
-            await sockets.grow(count)
-            step = await _broadcast_step(pool, measure, sockets, current, 1, settings.seconds, f"B{count}")
+            await fleet.grow(count)
+            step = await _broadcast_step(pool, measure, fleet, 1, settings.seconds, f"B{count}")
             steps.append(step)
             report(step)
             if not held(step, BOUND_MS):
                 break
     finally:
-        await sockets.close()
+        await fleet.close()
         await asyncio.sleep(CALM_SECONDS)
     return steps
 
 
 async def rate(pool, measure, site, sources, settings: Settings, report) -> list[dict]:
-    sockets, current, steps = Sockets(site, "/ws/live/", sources), {"window": None}, []
-    sockets.on_frame = live_frames(lambda: current["window"])
+    fleet, steps = Fleet(site, "/ws/live/", sources), []
     try:
-        await sockets.grow(settings.rate_sockets)
+        await fleet.grow(settings.rate_sockets)
         for per_second in settings.rate_steps:
-            step = await _broadcast_step(
-                pool, measure, sockets, current, per_second, settings.seconds, f"R{per_second:g}".replace(".", "_")
-            )
+            marker = f"R{per_second:g}".replace(".", "_")
+            step = await _broadcast_step(pool, measure, fleet, per_second, settings.seconds, marker)
             steps.append(step)
             report(step)
             if not held(step, BOUND_MS):
                 break
     finally:
-        await sockets.close()
+        await fleet.close()
         await asyncio.sleep(CALM_SECONDS)
     return steps
 
@@ -291,12 +292,13 @@ async def measure_pool(pool, site, sources, settings: Settings, counters, say) -
     def reporter(workload):
         return lambda step: say(f"{pool.kind:7} {workload:9} " + " ".join(f"{k}={v}" for k, v in step.items()))
 
-    return {
-        "idle": await idle(pool, site, sources, settings, reporter("idle")),
-        "broadcast": await broadcast(pool, measure, site, sources, settings, reporter("broadcast")),
-        "rate": await rate(pool, measure, site, sources, settings, reporter("rate")),
-        "notify": await notify(pool, measure, site, sources, settings, counters, reporter("notify")),
+    workloads = {
+        "idle": lambda: idle(pool, site, sources, settings, reporter("idle")),
+        "broadcast": lambda: broadcast(pool, measure, site, sources, settings, reporter("broadcast")),
+        "rate": lambda: rate(pool, measure, site, sources, settings, reporter("rate")),
+        "notify": lambda: notify(pool, measure, site, sources, settings, counters, reporter("notify")),
     }
+    return {name: await workloads[name]() for name in WORKLOADS if name in settings.workloads}
 
 
 async def run(stack, secrets, site: Site, sources, settings: Settings, say=print) -> dict:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import secrets
 import time
 
 import httpx
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -18,6 +16,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from realtime import drain, redis_client
+from realtime.layer import round_trip
 
 
 @require_GET
@@ -47,14 +46,7 @@ async def check_channel_layer() -> dict:
     behind every idle socket's one-second read: with 100 sockets, 100 s (the
     check timed out on every try of a deploy under load).
     """
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    nonce = secrets.token_hex(8)
-    await layer.send(channel, {"type": "readyz.ping", "nonce": nonce})
-    message = await layer.receive(channel)
-    if message.get("nonce") != nonce:
-        raise RuntimeError("round trip returned another message")
-    return {"backend": type(layer).__name__}
+    return {"backend": type(await round_trip()).__name__}
 
 
 async def check_redis() -> dict:

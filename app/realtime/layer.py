@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from channels.layers import get_channel_layer
@@ -23,3 +24,18 @@ async def group_send(group: str, message: dict) -> int | None:
     finally:
         GROUP_SEND_SECONDS.observe(time.perf_counter() - started)
     return GROUP_SEND_TARGETS.get()
+
+
+async def round_trip():
+    """A message to this process's own channel and back: the layer (and its connections) answer. Returns the layer.
+
+    The channel shares the consumers' prefix on purpose (ops.views.check_channel_layer says why).
+    """
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    nonce = secrets.token_hex(8)
+    await layer.send(channel, {"type": "layer.ping", "nonce": nonce})
+    message = await layer.receive(channel)
+    if message.get("nonce") != nonce:
+        raise RuntimeError("round trip returned another message")
+    return layer

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 from bench import report
-from bench.load import Window, live_frames, percentile
+from bench.load import Site, Window, live_frames, percentile
 from bench.pools import role_default
 from bench.run import BOUND_MS, SMOKE, Settings, held, sources_needed
 
@@ -85,3 +85,31 @@ def test_the_client_has_enough_addresses_for_nginxs_per_address_limit():
     assert sources_needed(SMOKE) == 1
     full = Settings()
     assert sources_needed(full) * per_address > full.max_sockets()
+
+
+def test_a_run_of_some_workloads_reports_only_their_rows():
+    only_notify = {k: {"notify": v["notify"]} for k, v in RESULTS.items() if k in ("project", "raw")}
+    rows = [name for name, _, _ in report.summary({**RESULTS, **only_notify})]
+    assert rows == [
+        "notifications/s held, POST → socket (p95 < 100 ms)",
+        "new Redis connections per notification",
+        "new Sentinel connections per notification",
+        "client CPU, highest % of one core in a step",
+    ]
+
+
+def test_a_site_crosses_to_the_clients_worker_processes_and_builds_its_tls_context_there(tmp_path):
+    import pickle
+    import ssl
+
+    site = Site("https://10.77.0.11", str(tmp_path / "lb.crt"), session="s", user_id=3, token="t")
+    site.__dict__["_ssl"] = ssl.create_default_context()  # as if used in this process
+    copy = pickle.loads(pickle.dumps(site))
+    assert (copy.base, copy.cafile, copy.session, copy.user_id, copy.token) == (
+        "https://10.77.0.11",
+        site.cafile,
+        "s",
+        3,
+        "t",
+    )
+    assert "_ssl" not in copy.__dict__

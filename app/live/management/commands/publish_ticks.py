@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from live.ticks import event, ticks
-from realtime.layer import group_send
+from realtime.layer import group_send, round_trip
 
 
 class Command(BaseCommand):
@@ -29,6 +29,8 @@ class Command(BaseCommand):
         self.stdout.write(f"published {sent} ticks")
 
     async def publish(self, symbols: list[str], rate: float, count: int, duration: float, seed) -> int:
+        # Connected before the first tick: its timestamp must not carry the connection's setup.
+        await round_trip()
         interval = 1.0 / rate
         started = time.monotonic()
         next_at = started
