@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
 
 from ops.metrics import NOTIFICATION_RECIPIENTS
+from realtime import bridge
 from realtime.layer import group_send
 
 
@@ -43,6 +43,7 @@ def send_notification(user_id: int, message: str) -> None:
 
     Reaches the user's sockets on every daphne process through the channel
     layer; raises if the layer is unreachable or has no master for
-    NOTIFY_SEND_TIMEOUT seconds.
+    NOTIFY_SEND_TIMEOUT seconds. The process's layer connections are reused
+    from call to call (realtime/bridge.py).
     """
-    async_to_sync(asend_notification)(user_id, message)
+    bridge.call(asend_notification, user_id, message)
