@@ -12,10 +12,15 @@ def current_release(host) -> str:
     return host.run("readlink -f /opt/channels/current").stdout.strip()
 
 
+def workers(host, master: str) -> set[str]:
+    return set(host.run("cat /proc/%s/task/%s/children", master, master).stdout.split())
+
+
 def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tmp_path):
     before = {name: current_release(hosts[name]) for name in APP_HOSTS}
     assert len(set(before.values())) == 1
     masters = {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in names("http")}
+    old_workers = {name: workers(hosts[name], masters[name]) for name in masters}
 
     source = changed_app(tmp_path, MARKER)
     result = stack.playbook("deploy.yml", "-e", f"app_source_path={source}")
@@ -30,6 +35,11 @@ def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tm
     assert set(after.values()) != set(before.values())
     # gunicorn took the new code with a graceful reload: its master never restarted.
     assert {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in masters} == masters
+    # ...and every worker was replaced, as many as before (the reload returns once they are).
+    for name, old in old_workers.items():
+        new = workers(hosts[name], masters[name])
+        assert len(new) == len(old), (name, old, new)
+        assert not new & old, (name, old, new)
     lb = stack.address(first("lb"))
     served = hosts[first("lb")].run("curl -sfk https://%s/", lb)
     assert served.rc == 0, served.stderr

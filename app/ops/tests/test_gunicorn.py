@@ -102,23 +102,38 @@ def test_requests_over_several_workers_add_up_and_survive_a_worker_death(gunicor
     assert workers == 3
 
 
-def test_a_graceful_reload_serves_the_new_release_with_its_own_config(tmp_path):
-    """deploy.yml switches the `current` link and sends HUP: new workers must load all of the new release.
+def children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_a_reload_serves_the_new_release_with_its_own_config_and_never_stops_serving(tmp_path):
+    """deploy.yml switches the `current` link and reloads: new workers load all of the new release,
+    and the old ones serve until the new ones have loaded it.
 
     Loaded as python:config.gunicorn, the hooks imported the config package into the master,
     and reloaded workers ran the new code with the old release's config (settings, urls).
+    Under gunicorn's own HUP every old worker stopped as soon as the new ones were forked,
+    and requests waited for the new release to import (the deploy drill's timeouts).
     """
     releases = tmp_path / "releases"
     skip = shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache", "*.sqlite3", "staticfiles")
     for name in ("a", "b"):
         shutil.copytree(APP, releases / name, ignore=skip)
-    with (releases / "b" / "config" / "urls.py").open("a") as urls:
-        urls.write("\nfrom django.http import HttpResponse  # noqa: E402\n")
-        urls.write('urlpatterns += [path("release", lambda request: HttpResponse("b"))]\n')
+        with (releases / name / "config" / "urls.py").open("a") as urls:
+            urls.write("\nfrom django.http import HttpResponse  # noqa: E402\n")
+            urls.write(f'urlpatterns += [path("release", lambda request: HttpResponse("{name}"))]\n')
+    # Release b loads only once the gate is open: a slow import, held as long as the test needs.
+    gate = tmp_path / "gate"
+    wsgi = releases / "b" / "config" / "wsgi.py"
+    wsgi.write_text(
+        f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.05)\n"
+        + wsgi.read_text()
+    )
     current = tmp_path / "current"
     current.symlink_to(releases / "a")
+    booted = tmp_path / "booted"
     port = free_port()
-    env = app_env(tmp_path)
+    env = {**app_env(tmp_path), "GUNICORN_BOOTED_DIR": str(booted)}
     # As the unit runs it: started inside the release, --chdir and the hooks through the link.
     process = subprocess.Popen(
         [
@@ -130,7 +145,7 @@ def test_a_graceful_reload_serves_the_new_release_with_its_own_config(tmp_path):
             "--chdir",
             str(current),
             "--workers",
-            "2",
+            "3",
             "--bind",
             f"127.0.0.1:{port}",
             "config.wsgi:application",
@@ -140,19 +155,48 @@ def test_a_graceful_reload_serves_the_new_release_with_its_own_config(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    reload = None
     try:
         wait_for_port(port, timeout=30)
+        deadline = time.monotonic() + 30
+        while len(list(booted.iterdir())) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        old = children(process.pid)
+        assert {int(p.name) for p in booted.iterdir()} == old
         next_link = tmp_path / "current.new"
         next_link.symlink_to(releases / "b")
         next_link.replace(current)
-        process.send_signal(signal.SIGHUP)
-        deadline, served = time.monotonic() + 30, None
-        while served != "b" and time.monotonic() < deadline:
-            try:
-                served = get(port, "/release")
-            except OSError:
-                time.sleep(0.3)
-        assert served == "b", "reloaded workers still route with the old release's config.urls"
+        # As the unit's ExecReload runs it.
+        reload = subprocess.Popen(
+            [sys.executable, "-I", str(current / "config" / "gunicorn.py"), str(process.pid), "30", "30"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while len(children(process.pid)) <= len(old) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert children(process.pid) > old, "the reload forked no new worker"
+        # The new worker is loading release b; the old ones answer meanwhile, at once (an old
+        # worker that had served nothing yet imports the URLconf now, through the link: b).
+        assert {get(port, "/release") for _ in range(10)} <= {"a", "b"}
+        assert reload.poll() is None
+        assert children(process.pid) >= old, "an old worker stopped before a new one had loaded"
+        gate.touch()
+        output, _ = reload.communicate(timeout=60)
+        assert reload.returncode == 0, output
+        assert "worker 3/3 replaced" in output
+        deadline = time.monotonic() + 30
+        while children(process.pid) & old and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not children(process.pid) & old, "old workers still running"
+        assert len(children(process.pid)) == 3
+        assert {get(port, "/release") for _ in range(10)} == {"b"}, "reloaded workers route with the old config.urls"
+        assert process.poll() is None
     finally:
+        gate.touch()
+        if reload is not None and reload.poll() is None:
+            reload.kill()
         process.terminate()
         process.wait(10)
