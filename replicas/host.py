@@ -330,7 +330,9 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except OSError:
+        # Gone: no entry any more (FileNotFoundError), or reaped between the open and
+        # the read (ProcessLookupError: `./stack down` died on it once).
         return False
 
 
@@ -339,7 +341,7 @@ def container_init(p: Paths) -> int | None:
     for pid in nspawn_pids_for(p.root):
         try:
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile, as in _alive
             continue
         if children:
             return int(children[0])
