@@ -1,8 +1,63 @@
 import asyncio
+import logging
+import weakref
 
 from django.conf import settings
 
 from realtime.consumers import AppConsumer
+
+log = logging.getLogger(__name__)
+
+
+class Batches:
+    """The pending updates of every /ws/live/ socket of one event loop, flushed together.
+
+    The first update after a quiet spell arms one timer for the whole process;
+    when it fires every socket with updates gets them as one frame, and the
+    timer is armed again only by the next update. A quiet process wakes for
+    nothing, where one timer per socket fired every interval whether or not
+    anything was published.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[LiveConsumer, list[dict]] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.sending: set[asyncio.Task] = set()
+
+    def add(self, consumer: "LiveConsumer", update: dict) -> None:
+        self.pending.setdefault(consumer, []).append(update)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(settings.LIVE_BATCH_INTERVAL, self._flush)
+
+    def discard(self, consumer: "LiveConsumer") -> None:
+        self.pending.pop(consumer, None)
+
+    def _flush(self) -> None:
+        self.timer = None
+        due, self.pending = self.pending, {}
+        task = asyncio.get_running_loop().create_task(self._send(due))
+        self.sending.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self.sending.discard)
+
+    @staticmethod
+    async def _send(due: dict["LiveConsumer", list[dict]]) -> None:
+        for consumer, updates in due.items():
+            try:
+                await consumer.send_json({"type": "batch", "updates": updates})
+            except Exception:
+                # One socket's failure (closed meanwhile) never costs the others their batch.
+                log.warning("live batch not sent", exc_info=True)
+
+
+_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batches] = weakref.WeakKeyDictionary()
+
+
+def batches() -> Batches:
+    """This event loop's batches (one per daphne process; tests run several loops)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _BATCHES:
+        _BATCHES[loop] = Batches()
+    return _BATCHES[loop]
 
 
 class LiveConsumer(AppConsumer):
@@ -17,23 +72,12 @@ class LiveConsumer(AppConsumer):
 
     endpoint = "live"
     login_required = False
-    flusher: asyncio.Task | None = None
 
     async def on_connect(self) -> None:
-        self.buffer: list[dict] = []
         await self.join(settings.LIVE_GROUP)
-        self.flusher = asyncio.create_task(self._flush_every(settings.LIVE_BATCH_INTERVAL))
 
     async def on_disconnect(self) -> None:
-        if self.flusher:
-            self.flusher.cancel()
+        batches().discard(self)
 
     async def live_tick(self, event: dict) -> None:
-        self.buffer.append(event["update"])
-
-    async def _flush_every(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            if self.buffer:
-                updates, self.buffer = self.buffer, []
-                await self.send_json({"type": "batch", "updates": updates})
+        batches().add(self, event["update"])

@@ -4,6 +4,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
+from live.consumers import batches
 from live.ticks import event
 from realtime.layer import group_send
 from testing import connect
@@ -46,6 +47,30 @@ async def test_a_quiet_interval_sends_nothing_and_later_ticks_form_a_new_batch(s
     assert [u["price"] for u in first["updates"]] == [101.0]
     assert [u["price"] for u in second["updates"]] == [102.0]
     await communicator.disconnect()
+
+
+async def test_a_quiet_process_arms_no_timer_and_a_broadcast_arms_one_for_every_socket(settings):
+    settings.LIVE_BATCH_INTERVAL = 0.2
+    watchers = [(await connect("/ws/live/"))[0] for _ in range(3)]
+    assert await watchers[0].receive_nothing(timeout=0.3)
+    assert batches().timer is None
+    await group_send(settings.LIVE_GROUP, tick(1))
+    for _ in range(100):
+        if len(batches().pending) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(batches().pending) == 3
+    assert batches().timer is not None
+    for communicator in watchers:
+        assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [101.0]
+    assert batches().timer is None
+    assert not batches().pending
+    await watchers[0].disconnect()
+    await group_send(settings.LIVE_GROUP, tick(2))
+    for communicator in watchers[1:]:
+        assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [102.0]
+        await communicator.disconnect()
+    assert not batches().pending
 
 
 async def test_every_watcher_gets_the_broadcast():
