@@ -59,9 +59,19 @@ async def test_readyz_is_503_when_redis_stops(async_client, settings):
 
 
 class Upstreams(BaseHTTPRequestHandler):
+    #: /pair/<n> answers only once two of them are in flight at the same time
+    pair = threading.Barrier(2)
+
     def do_GET(self):
         if self.path == "/slow":
             time.sleep(1.5)
+        if self.path.startswith("/pair/"):
+            try:
+                self.pair.wait(timeout=0.9)
+            except threading.BrokenBarrierError:
+                self.send_response(503)
+                self.end_headers()
+                return
         if self.path == "/broken":
             self.send_response(500)
             self.end_headers()
@@ -78,6 +88,7 @@ class Upstreams(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstream_server():
+    Upstreams.pair = threading.Barrier(2)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Upstreams)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -94,10 +105,11 @@ async def test_aggregate_fetches_concurrently_and_reports_each_upstream(async_cl
         "broken": f"{upstream_server}/broken",
         "html": f"{upstream_server}/html",
         "closed": "http://127.0.0.1:9/",
+        # Both answer only if fetched at the same time: fetched one after the other, both fail.
+        "first": f"{upstream_server}/pair/1",
+        "second": f"{upstream_server}/pair/2",
     }
-    started = time.monotonic()
     response = await async_client.get("/api/aggregate/")
-    elapsed = time.monotonic() - started
     body = response.json()
     assert response.status_code == 200
     ups = body["upstreams"]
@@ -115,7 +127,9 @@ async def test_aggregate_fetches_concurrently_and_reports_each_upstream(async_cl
     assert ups["closed"]["ok"] is False
     assert body["complete"] is False
     assert sorted(body["failed"]) == ["broken", "closed", "html", "slow"]
-    assert elapsed < 1.4  # concurrent: bounded by one timeout, not the sum
+    # Concurrent: the two paired upstreams were in flight together.
+    assert ups["first"]["data"] == {"path": "/pair/1"}
+    assert ups["second"]["data"] == {"path": "/pair/2"}
 
 
 async def test_aggregate_all_down_is_502(async_client, settings):
