@@ -175,9 +175,20 @@ GROUP_SEND_TARGETS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 
 class FailoverAwareChannelLayer(RedisChannelLayer):
     """channels_redis's layer with a short blocking read (see the module's docstring),
-    telling how many channels each group_send addressed (GROUP_SEND_TARGETS)."""
+    telling how many channels each group_send addressed (GROUP_SEND_TARGETS), and
+    adding many channels to a group in one round trip (the state keeper's renewals)."""
 
     brpop_timeout = BLOCKING_READ_SECONDS
+
+    async def group_add_many(self, group: str, channels: list[str]) -> None:
+        """group_add for many channels at once: one ZADD and one EXPIRE, where group_add costs both per channel."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        if not channels:
+            return
+        connection = self.connection(self.consistent_hash(group))
+        key = self._group_key(group)
+        await connection.zadd(key, dict.fromkeys(channels, time.time()))
+        await connection.expire(key, self.group_expiry)
 
     def _map_channel_keys_to_connection(self, channel_names, message):
         # group_send calls this once, with the group's live members, before it

@@ -1,10 +1,10 @@
 import asyncio
 import logging
-import weakref
 
 from django.conf import settings
 
 from realtime.consumers import AppConsumer
+from realtime.loops import per_loop
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,8 @@ class Batches:
                 log.warning("live batch not sent", exc_info=True)
 
 
-_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batches] = weakref.WeakKeyDictionary()
-
-
-def batches() -> Batches:
-    """This event loop's batches (one per daphne process; tests run several loops)."""
-    loop = asyncio.get_running_loop()
-    if loop not in _BATCHES:
-        _BATCHES[loop] = Batches()
-    return _BATCHES[loop]
+# This event loop's batches (one per daphne process; tests run several loops).
+batches = per_loop(Batches)
 
 
 class LiveConsumer(AppConsumer):

@@ -1,14 +1,14 @@
 """The base every WebSocket endpoint of the app builds on.
 
 It owns what all endpoints must get right the same way: login requirement,
-the per-user connection limit, metrics, group membership with cleanup, and
+the per-user connection limit, metrics, group membership with cleanup (and
+its renewal, realtime/keeper.py), and
 answers to bad input that never take the consumer or the process down
 (documented in realtime/closecodes.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -25,9 +25,9 @@ from ops.metrics import (
     WS_RECEIVED,
     WS_REJECTED,
     WS_SENT,
-    WS_STATE_LOST,
 )
 from realtime import closecodes, drain, limits
+from realtime.keeper import keeper
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
     slot_held = False
     released = False
     memberships: tuple[str, ...] = ()
-    keeper: asyncio.Task | None = None
 
     # -- lifecycle -----------------------------------------------------------
     async def __call__(self, scope, receive, send):
@@ -85,7 +84,7 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
         WS_OPENED.labels(self.endpoint).inc()
         WS_CONNECTIONS.labels(self.endpoint).inc()
         if self.slot_held or self.memberships:
-            self.keeper = asyncio.create_task(self._keep_state())
+            keeper().add(self)
 
     async def websocket_disconnect(self, message: dict) -> None:
         # Channels' own version would group_discard only class-level groups;
@@ -108,8 +107,7 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
                 self.opened = False
                 WS_CONNECTIONS.labels(self.endpoint).dec()
                 WS_CLOSED.labels(self.endpoint).inc()
-            if self.keeper:
-                self.keeper.cancel()
+            keeper().discard(self)
             try:
                 await self.on_disconnect()
             except Exception:
@@ -130,28 +128,6 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
         finally:
             # Last: a draining process waits for this before it stops.
             drain.untrack(self)
-
-    async def _keep_state(self) -> None:
-        """Re-assert the slot and every group membership each WS_STATE_REFRESH_SECONDS.
-
-        Redis may lose them (a master restarted empty, a failover to a replica
-        that had not received them yet); an open socket then heals within one
-        interval instead of going deaf. A lost slot is counted: it means Redis
-        lost state, which the WebSocketStateLost alert reports.
-        """
-        while True:
-            await asyncio.sleep(settings.WS_STATE_REFRESH_SECONDS)
-            try:
-                if self.slot_held and not await limits.slots().renew(self.endpoint, self.user.pk, self.channel_name):
-                    WS_STATE_LOST.labels(self.endpoint).inc()
-                    # Take it again, even past the limit, rather than drop a socket
-                    # that was legitimately admitted.
-                    await limits.slots().acquire(self.endpoint, self.user.pk, self.channel_name, force=True)
-                for group in self.memberships:
-                    await self.channel_layer.group_add(group, self.channel_name)
-            except Exception:
-                LAYER_ERRORS.labels("refresh").inc()
-                log.warning("socket state refresh failed; retrying next interval", exc_info=True)
 
     async def go_away(self) -> None:
         """Close with GOING_AWAY: the process is draining (realtime/drain.py)."""

@@ -1,9 +1,10 @@
 """Per-user connection limit, enforced across every daphne process on every host.
 
 Each open socket holds a slot: a member of the sorted set
-``wslimit:<endpoint>:<user id>`` whose score is the time it expires. Sockets
-renew their slot every WS_STATE_REFRESH_SECONDS; a process that dies
-stops renewing, and its slots lapse on their own. Times come from the Redis
+``wslimit:<endpoint>:<user id>`` whose score is the time it expires. Each
+process renews its sockets' slots together every WS_STATE_REFRESH_SECONDS
+(realtime/keeper.py); a process that dies stops renewing, and its slots lapse
+on their own. Times come from the Redis
 server's clock, so hosts with skewed clocks agree.
 """
 
@@ -30,15 +31,30 @@ redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 1)
 return 1
 """
 
-# KEYS[1] slot set; ARGV: member, ttl. Renews an existing slot only.
+# KEYS: slot sets; ARGV[1]: ttl, ARGV[1 + i]: the member of KEYS[i]. Renews existing
+# slots only; returns 1 or 0 per key (held, or lost: Redis no longer had it).
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
-return 1
+local ttl = tonumber(ARGV[1])
+local held = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('ZSCORE', key, ARGV[i + 1]) then
+    redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+    redis.call('EXPIRE', key, math.ceil(ttl) + 1)
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
 """
+
+#: slots renewed per round trip (one script call)
+RENEW_BATCH = 500
+
+#: what names one socket's slot: endpoint, user id, member (its channel name)
+Slot = tuple[str, int, str]
 
 
 def _key(endpoint: str, user_id: int) -> str:
@@ -58,9 +74,17 @@ class RedisSlots:
         )
         return bool(held)
 
-    async def renew(self, endpoint: str, user_id: int, member: str) -> bool:
+    async def renew(self, held: list[Slot]) -> list[bool]:
+        """Renew the slots of a process's open sockets (a round trip per RENEW_BATCH); which were still held."""
         client = redis_client.shared_client()
-        return bool(await client.eval(_RENEW, 1, _key(endpoint, user_id), member, settings.WS_CONNECTION_SLOT_TTL))
+        kept: list[bool] = []
+        for start in range(0, len(held), RENEW_BATCH):
+            batch = held[start : start + RENEW_BATCH]
+            keys = [_key(endpoint, user_id) for endpoint, user_id, _ in batch]
+            members = [member for _, _, member in batch]
+            answers = await client.eval(_RENEW, len(keys), *keys, settings.WS_CONNECTION_SLOT_TTL, *members)
+            kept += [bool(answer) for answer in answers]
+        return kept
 
     async def release(self, endpoint: str, user_id: int, member: str) -> None:
         await redis_client.shared_client().zrem(_key(endpoint, user_id), member)
@@ -85,12 +109,14 @@ class LocalSlots:
         held[member] = time.monotonic() + settings.WS_CONNECTION_SLOT_TTL
         return True
 
-    async def renew(self, endpoint: str, user_id: int, member: str) -> bool:
-        held = self._live(_key(endpoint, user_id))
-        if member not in held:
-            return False
-        held[member] = time.monotonic() + settings.WS_CONNECTION_SLOT_TTL
-        return True
+    async def renew(self, held: list[Slot]) -> list[bool]:
+        kept = []
+        for endpoint, user_id, member in held:
+            slots = self._live(_key(endpoint, user_id))
+            kept.append(member in slots)
+            if member in slots:
+                slots[member] = time.monotonic() + settings.WS_CONNECTION_SLOT_TTL
+        return kept
 
     async def release(self, endpoint: str, user_id: int, member: str) -> None:
         self._live(_key(endpoint, user_id)).pop(member, None)

@@ -7,16 +7,12 @@ timeouts and retries as the layer.
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-
 from channels_redis.utils import create_pool
 from django.conf import settings
 from redis.asyncio import Redis
 
 from config.redis import layer_host
-
-_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = weakref.WeakKeyDictionary()
+from realtime.loops import per_loop
 
 
 def configured() -> bool:
@@ -28,10 +24,5 @@ def new_client() -> Redis:
     return Redis(connection_pool=create_pool(layer_host(settings.REDIS)))
 
 
-def shared_client() -> Redis:
-    """One client per event loop, for long-lived callers such as consumers."""
-    loop = asyncio.get_running_loop()
-    client = _per_loop.get(loop)
-    if client is None:
-        client = _per_loop[loop] = new_client()
-    return client
+# One client per event loop, for long-lived callers such as consumers.
+shared_client = per_loop(new_client)

@@ -82,11 +82,24 @@ async def test_renewal_keeps_a_slot_and_reacquire_is_idempotent(redis_layer, set
     slots = limits.slots()
     assert await slots.acquire("orders", user.pk, "a")
     assert await slots.acquire("orders", user.pk, "a")  # same member: still one slot
+    assert await slots.acquire("notifications", user.pk, "b")
     for _ in range(3):
         await asyncio.sleep(0.5)
-        assert await slots.renew("orders", user.pk, "a")
+        assert await slots.renew([("orders", user.pk, "a"), ("notifications", user.pk, "b")]) == [True, True]
     await slots.release("orders", user.pk, "a")
-    assert not await slots.renew("orders", user.pk, "a")
+    # One call answers for each slot: the released one is reported, the other renewed.
+    assert await slots.renew([("orders", user.pk, "a"), ("notifications", user.pk, "b")]) == [False, True]
+    assert await slots.renew([]) == []
+
+
+@pytest.mark.redis
+async def test_renewal_of_more_slots_than_one_batch(redis_layer, settings, user, monkeypatch):
+    monkeypatch.setattr(limits, "RENEW_BATCH", 2)
+    slots = limits.slots()
+    held = [("live", user.pk, f"socket-{n}") for n in range(5)]
+    for endpoint, user_id, member in held[:4]:
+        assert await slots.acquire(endpoint, user_id, member, force=True)
+    assert await slots.renew(held) == [True, True, True, True, False]
 
 
 async def test_a_consumer_that_dies_in_a_handler_gives_back_its_slot_gauge_and_groups(auth_headers, user):

@@ -1,0 +1,108 @@
+"""One renewal per process for every open socket's slot and groups, on a real Redis."""
+
+import asyncio
+import re
+
+import pytest
+from channels.layers import get_channel_layer
+from prometheus_client import REGISTRY
+
+from notifications.services import group_name
+from realtime import keeper as keeper_module
+from realtime.keeper import keeper
+from testing import connect
+
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+
+
+def calls(redis_server, command: str) -> int:
+    found = re.search(rf"^cmdstat_{command}:calls=(\d+)", redis_server.cli("INFO", "commandstats"), re.M)
+    return int(found.group(1)) if found else 0
+
+
+def lost(endpoint: str) -> float:
+    return REGISTRY.get_sample_value("websocket_state_lost_total", {"consumer": endpoint}) or 0.0
+
+
+async def test_one_renewal_restores_every_socket_of_the_process_after_redis_lost_it(
+    redis_layer, settings, user, auth_headers
+):
+    settings.WS_STATE_REFRESH_SECONDS = 3600  # the test renews by hand
+    watchers = [(await connect("/ws/live/"))[0] for _ in range(5)]
+    notified = [(await connect("/ws/notifications/", auth_headers))[0] for _ in range(2)]
+    slots = f"wslimit:notifications:{user.pk}"
+    assert redis_layer.cli("ZCARD", slots) == "2"
+    # One task keeps them all, none per socket.
+    running = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "StateKeeper._run"]
+    assert running == [keeper().task]
+    assert len(keeper().consumers) == 7
+
+    before = lost("notifications")
+    redis_layer.cli("FLUSHALL")
+    redis_layer.cli("CONFIG", "RESETSTAT")
+    await keeper().renew()
+
+    layer = get_channel_layer()
+    assert redis_layer.cli("ZCARD", layer._group_key(settings.LIVE_GROUP).decode()) == "5"
+    assert redis_layer.cli("ZCARD", layer._group_key(group_name(user.pk)).decode()) == "2"
+    assert redis_layer.cli("ZCARD", slots) == "2"
+    assert lost("notifications") == before + 2
+    # One ZADD per group, one script call for every slot (then a re-take per lost slot).
+    assert calls(redis_layer, "zadd") == 2 + 2  # two groups, two slots re-taken
+    assert calls(redis_layer, "eval") == 1 + 2
+    for communicator in watchers + notified:
+        await communicator.disconnect()
+    assert not keeper().consumers
+
+
+async def test_groups_larger_than_one_batch_are_renewed_whole(redis_layer, settings, monkeypatch):
+    settings.WS_STATE_REFRESH_SECONDS = 3600
+    monkeypatch.setattr(keeper_module, "GROUP_BATCH", 2)
+    watchers = [(await connect("/ws/live/"))[0] for _ in range(5)]
+    redis_layer.cli("FLUSHALL")
+    redis_layer.cli("CONFIG", "RESETSTAT")
+    await keeper().renew()
+    assert redis_layer.cli("ZCARD", get_channel_layer()._group_key(settings.LIVE_GROUP).decode()) == "5"
+    assert calls(redis_layer, "zadd") == 3
+    for communicator in watchers:
+        await communicator.disconnect()
+
+
+async def test_the_keeper_renews_on_its_own_and_stops_with_the_last_socket(redis_layer, settings):
+    settings.WS_STATE_REFRESH_SECONDS = 0.2
+    communicator, accepted, _ = await connect("/ws/live/")
+    assert accepted
+    redis_layer.cli("FLUSHALL")
+    key = get_channel_layer()._group_key(settings.LIVE_GROUP).decode()
+    for _ in range(50):
+        if redis_layer.cli("ZCARD", key) == "1":
+            break
+        await asyncio.sleep(0.05)
+    assert redis_layer.cli("ZCARD", key) == "1"
+    task = keeper().task
+    await communicator.disconnect()
+    await asyncio.wait_for(task, 1)
+    assert not keeper().consumers
+
+
+async def test_a_failing_renewal_is_counted_and_retried_next_interval(redis_layer, settings, monkeypatch):
+    settings.WS_STATE_REFRESH_SECONDS = 0.1
+    failures = REGISTRY.get_sample_value("channel_layer_errors_total", {"operation": "refresh"}) or 0.0
+    layer = get_channel_layer()
+    real, attempts = layer.group_add_many, []
+
+    async def flaky(group, channels):
+        attempts.append(group)
+        if len(attempts) == 1:
+            raise ConnectionError("master gone")
+        await real(group, channels)
+
+    monkeypatch.setattr(layer, "group_add_many", flaky)
+    communicator, _, _ = await connect("/ws/live/")
+    for _ in range(50):
+        if len(attempts) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(attempts) >= 2
+    assert REGISTRY.get_sample_value("channel_layer_errors_total", {"operation": "refresh"}) == failures + 1
+    await communicator.disconnect()
