@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 
+from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -132,6 +133,21 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
     async def go_away(self) -> None:
         """Close with GOING_AWAY: the process is draining (realtime/drain.py)."""
         await self.close(code=closecodes.GOING_AWAY)
+
+    async def dispatch(self, message: dict) -> None:
+        """Run the message's handler, without Channels' hop to Django's sync thread before it.
+
+        Channels' dispatch first closes stale database connections, in Django's
+        one sync thread (``aclose_old_connections``): a thread round trip before
+        every message, and every socket of the process queued on that one thread
+        for every broadcast. Database access here goes only through
+        ``database_sync_to_async``, which closes stale connections itself around
+        each call (realtime/tests/test_dispatch.py holds every endpoint to that).
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
