@@ -1,62 +1,150 @@
 import asyncio
+import json
 import logging
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 
+from ops.metrics import LAYER_ERRORS
 from realtime.consumers import AppConsumer
+from realtime.keeper import keeper
 from realtime.loops import per_loop
 
 log = logging.getLogger(__name__)
 
 
-class Batches:
-    """The pending updates of every /ws/live/ socket of one event loop, flushed together.
+class Feed:
+    """One process's membership of the live group, shared by all its /ws/live/ sockets.
 
-    The first update after a quiet spell arms one timer for the whole process;
-    when it fires every socket with updates gets them as one frame, and the
-    timer is armed again only by the next update. A quiet process wakes for
-    nothing, where one timer per socket fired every interval whether or not
-    anything was published.
+    A broadcast reaches each process once: the process's own channel is the
+    group's one member for all its sockets, one task reads it, and the updates
+    of an interval go out as one frame, encoded once, to every socket. With a
+    member per socket, a tick was one Redis message, one read and one JSON
+    encoding per socket, each read in turn by the process's one receive loop:
+    the burst's tail waited for every read before it.
+
+    The first update after a quiet spell arms one timer; when it fires, every
+    socket gets the updates as one frame, and the timer is armed again only by
+    the next update. A quiet process wakes for nothing.
+
+    The channel's membership is kept like a socket's (realtime/keeper.py): a
+    Redis that lost it has it back within WS_STATE_REFRESH_SECONDS. With its
+    last socket the process leaves the group, and the next socket joins again.
     """
 
+    endpoint = "live"
+    memberships = (settings.LIVE_GROUP,)
+    slot_held = False
+    released = False
+
     def __init__(self) -> None:
-        self.pending: dict[LiveConsumer, list[dict]] = {}
+        self.sockets: set[LiveConsumer] = set()
+        self.pending: list[dict] = []
         self.timer: asyncio.TimerHandle | None = None
-        self.sending: set[asyncio.Task] = set()
+        self.sending: set[asyncio.Task] = set()  # batches being sent, group_discards
+        self.channel_name: str | None = None
+        self.started: asyncio.Task | None = None
+        self.reader: asyncio.Task | None = None
 
-    def add(self, consumer: "LiveConsumer", update: dict) -> None:
-        self.pending.setdefault(consumer, []).append(update)
-        if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(settings.LIVE_BATCH_INTERVAL, self._flush)
+    async def join(self, consumer: "LiveConsumer") -> None:
+        """Subscribe `consumer`; the first one makes the process a member (Redis errors reach it)."""
+        self.sockets.add(consumer)
+        try:
+            if self.started is None:
+                self.started = asyncio.get_running_loop().create_task(self._start())
+            await asyncio.shield(self.started)
+        except BaseException:
+            self.leave(consumer)
+            raise
 
-    def discard(self, consumer: "LiveConsumer") -> None:
-        self.pending.pop(consumer, None)
+    def leave(self, consumer: "LiveConsumer") -> None:
+        """Unsubscribe `consumer`; with the last one the process leaves the group until the next."""
+        self.sockets.discard(consumer)
+        if self.sockets or self.started is None:
+            return
+        started, self.started = self.started, None
+        reader, self.reader = self.reader, None
+        channel, self.channel_name = self.channel_name, None
+        keeper().discard(self)
+        for task in (started, reader):
+            if task is not None and not task.done():
+                task.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.pending = []
+        if channel is not None:
+            self._hold(asyncio.get_running_loop().create_task(self._discard(channel)))
 
-    def _flush(self) -> None:
-        self.timer = None
-        due, self.pending = self.pending, {}
-        task = asyncio.get_running_loop().create_task(self._send(due))
+    async def _start(self) -> None:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(settings.LIVE_GROUP, channel)
+        self.channel_name = channel
+        self.reader = asyncio.get_running_loop().create_task(self._read(layer, channel))
+        keeper().add(self)
+
+    @staticmethod
+    async def _discard(channel: str) -> None:
+        try:
+            await get_channel_layer().group_discard(settings.LIVE_GROUP, channel)
+        except Exception:
+            # The membership lapses by itself after the layer's group expiry.
+            LAYER_ERRORS.labels("group_discard").inc()
+            log.warning("live feed group_discard failed", exc_info=True)
+
+    async def _read(self, layer, channel: str) -> None:
+        while True:
+            try:
+                message = await layer.receive(channel)
+            except Exception:
+                if asyncio.current_task().cancelling():
+                    raise  # stopping: whatever the layer raised on the way out
+                # A failover or a lost master: the layer's connections retry; so does this.
+                LAYER_ERRORS.labels("receive").inc()
+                log.warning("live feed read failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            if message.get("type") == "live.tick":
+                self.add(message["update"])
+
+    def _hold(self, task: asyncio.Task) -> None:
         self.sending.add(task)  # held until done: the loop keeps only weak references to tasks
         task.add_done_callback(self.sending.discard)
 
+    def add(self, update: dict) -> None:
+        self.pending.append(update)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(settings.LIVE_BATCH_INTERVAL, self._flush)
+
+    def _flush(self) -> None:
+        self.timer = None
+        updates, self.pending = self.pending, []
+        if not self.sockets:
+            return
+        frame = json.dumps({"type": "batch", "updates": updates})
+        self._hold(asyncio.get_running_loop().create_task(self._send(frame, list(self.sockets))))
+
     @staticmethod
-    async def _send(due: dict["LiveConsumer", list[dict]]) -> None:
-        for consumer, updates in due.items():
+    async def _send(frame: str, sockets: list["LiveConsumer"]) -> None:
+        for consumer in sockets:
+            if consumer.released:
+                continue
             try:
-                await consumer.send_json({"type": "batch", "updates": updates})
+                await consumer.send(text_data=frame)
             except Exception:
                 # One socket's failure (closed meanwhile) never costs the others their batch.
                 log.warning("live batch not sent", exc_info=True)
 
 
-# This event loop's batches (one per daphne process; tests run several loops).
-batches = per_loop(Batches)
+# This event loop's feed: one per daphne process (tests run several loops).
+feed = per_loop(Feed)
 
 
 class LiveConsumer(AppConsumer):
     """/ws/live/: the broadcast price feed, batched.
 
-    Ticks arriving from the group are buffered and sent as one
+    Ticks published to the live group are buffered and sent as one
     {"type": "batch", "updates": [...]} frame per LIVE_BATCH_INTERVAL_MS;
     an interval with no ticks sends nothing. Public data: no login needed
     (nginx limits connections per address; logged-in users also count
@@ -67,10 +155,7 @@ class LiveConsumer(AppConsumer):
     login_required = False
 
     async def on_connect(self) -> None:
-        await self.join(settings.LIVE_GROUP)
+        await feed().join(self)
 
     async def on_disconnect(self) -> None:
-        batches().discard(self)
-
-    async def live_tick(self, event: dict) -> None:
-        batches().add(self, event["update"])
+        feed().leave(self)

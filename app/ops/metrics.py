@@ -58,7 +58,7 @@ HTTP_LATENCY = Histogram(
 
 # Label values known up front are exported from the start, at 0: an error or
 # rejection rate then reads 0 instead of "no data" until the first one.
-for _operation in ("group_send", "group_discard", "refresh"):
+for _operation in ("group_send", "group_discard", "refresh", "receive"):
     LAYER_ERRORS.labels(_operation)
 for _consumer in ("notifications", "orders", "live"):
     WS_STATE_LOST.labels(_consumer)

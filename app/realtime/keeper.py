@@ -20,6 +20,7 @@ import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from ops.metrics import LAYER_ERRORS, WS_STATE_LOST
@@ -36,7 +37,7 @@ GROUP_BATCH = 1000
 
 
 class StateKeeper:
-    """The sockets of one event loop whose slot or groups live in Redis."""
+    """The sockets of one event loop whose slot or groups live in Redis (and the live feed's membership)."""
 
     def __init__(self) -> None:
         self.consumers: set[AppConsumer] = set()
@@ -81,7 +82,7 @@ class StateKeeper:
                     members[group].append(consumer.channel_name)
         if not members:
             return
-        layer = consumers[0].channel_layer
+        layer = get_channel_layer()
         for group, channels in members.items():
             for start in range(0, len(channels), GROUP_BATCH):
                 batch = channels[start : start + GROUP_BATCH]

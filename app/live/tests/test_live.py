@@ -1,10 +1,12 @@
 import asyncio
+import json
 
 import pytest
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management import call_command
 
-from live.consumers import batches
+from live.consumers import feed
 from live.ticks import event
 from realtime.layer import group_send
 from testing import connect
@@ -53,24 +55,58 @@ async def test_a_quiet_process_arms_no_timer_and_a_broadcast_arms_one_for_every_
     settings.LIVE_BATCH_INTERVAL = 0.2
     watchers = [(await connect("/ws/live/"))[0] for _ in range(3)]
     assert await watchers[0].receive_nothing(timeout=0.3)
-    assert batches().timer is None
+    assert feed().timer is None
     await group_send(settings.LIVE_GROUP, tick(1))
     for _ in range(100):
-        if len(batches().pending) == 3:
+        if feed().pending:
             break
         await asyncio.sleep(0.01)
-    assert len(batches().pending) == 3
-    assert batches().timer is not None
+    assert len(feed().pending) == 1
+    assert feed().timer is not None
     for communicator in watchers:
         assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [101.0]
-    assert batches().timer is None
-    assert not batches().pending
+    assert feed().timer is None
+    assert not feed().pending
     await watchers[0].disconnect()
     await group_send(settings.LIVE_GROUP, tick(2))
     for communicator in watchers[1:]:
         assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [102.0]
         await communicator.disconnect()
-    assert not batches().pending
+    assert not feed().sockets
+
+
+@pytest.mark.redis
+async def test_a_broadcast_reaches_a_process_once_whatever_its_socket_count(redis_layer, settings):
+    """The process's channel is the group's one member: one message per tick, fanned out here."""
+    settings.LIVE_BATCH_INTERVAL = 0.05
+    watchers = [(await connect("/ws/live/"))[0] for _ in range(4)]
+    assert await group_send(settings.LIVE_GROUP, tick(3)) == 1
+    assert redis_layer.cli("ZCARD", get_channel_layer()._group_key(settings.LIVE_GROUP).decode()) == "1"
+    frames = [await communicator.receive_from(timeout=1) for communicator in watchers]
+    assert len(set(frames)) == 1  # one frame, encoded once, sent to every socket
+    assert json.loads(frames[0])["updates"][0]["price"] == 103.0
+    for communicator in watchers:
+        await communicator.disconnect()
+
+
+@pytest.mark.redis
+async def test_the_process_leaves_the_group_with_its_last_socket_and_joins_with_the_next(redis_layer, settings):
+    settings.LIVE_BATCH_INTERVAL = 0.05
+    key = get_channel_layer()._group_key(settings.LIVE_GROUP).decode()
+    first = [(await connect("/ws/live/"))[0] for _ in range(2)]
+    assert redis_layer.cli("ZCARD", key) == "1"
+    for communicator in first:
+        await communicator.disconnect()
+    for _ in range(50):
+        if redis_layer.cli("ZCARD", key) == "0":
+            break
+        await asyncio.sleep(0.02)
+    assert redis_layer.cli("ZCARD", key) == "0"
+    assert feed().reader is None
+    communicator, _, _ = await connect("/ws/live/")
+    assert await group_send(settings.LIVE_GROUP, tick(4)) == 1
+    assert (await communicator.receive_json_from(timeout=1))["updates"][0]["price"] == 104.0
+    await communicator.disconnect()
 
 
 async def test_every_watcher_gets_the_broadcast():

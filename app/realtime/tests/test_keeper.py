@@ -24,56 +24,61 @@ def lost(endpoint: str) -> float:
     return REGISTRY.get_sample_value("websocket_state_lost_total", {"consumer": endpoint}) or 0.0
 
 
+async def notification_sockets(settings, auth_headers, count: int) -> list:
+    settings.WS_MAX_CONNECTIONS_PER_USER = count
+    return [(await connect("/ws/notifications/", auth_headers))[0] for _ in range(count)]
+
+
 async def test_one_renewal_restores_every_socket_of_the_process_after_redis_lost_it(
     redis_layer, settings, user, auth_headers
 ):
     settings.WS_STATE_REFRESH_SECONDS = 3600  # the test renews by hand
-    watchers = [(await connect("/ws/live/"))[0] for _ in range(5)]
-    notified = [(await connect("/ws/notifications/", auth_headers))[0] for _ in range(2)]
-    slots = f"wslimit:notifications:{user.pk}"
-    assert redis_layer.cli("ZCARD", slots) == "2"
-    # One task keeps them all, none per socket.
+    sockets = await notification_sockets(settings, auth_headers, 5)
+    watchers = [(await connect("/ws/live/"))[0] for _ in range(3)]
+    slots, layer = f"wslimit:notifications:{user.pk}", get_channel_layer()
+    assert redis_layer.cli("ZCARD", slots) == "5"
+    # One task keeps them all, none per socket: the notification sockets and the live feed.
     running = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "StateKeeper._run"]
     assert running == [keeper().task]
-    assert len(keeper().consumers) == 7
+    assert len(keeper().consumers) == 5 + 1
 
     before = lost("notifications")
     redis_layer.cli("FLUSHALL")
     redis_layer.cli("CONFIG", "RESETSTAT")
     await keeper().renew()
 
-    layer = get_channel_layer()
-    assert redis_layer.cli("ZCARD", layer._group_key(settings.LIVE_GROUP).decode()) == "5"
-    assert redis_layer.cli("ZCARD", layer._group_key(group_name(user.pk)).decode()) == "2"
-    assert redis_layer.cli("ZCARD", slots) == "2"
-    assert lost("notifications") == before + 2
-    # One ZADD per group, one script call for every slot (then a re-take per lost slot).
-    assert calls(redis_layer, "zadd") == 2 + 2  # two groups, two slots re-taken
-    assert calls(redis_layer, "eval") == 1 + 2
-    for communicator in watchers + notified:
+    assert redis_layer.cli("ZCARD", layer._group_key(group_name(user.pk)).decode()) == "5"
+    assert redis_layer.cli("ZCARD", layer._group_key(settings.LIVE_GROUP).decode()) == "1"
+    assert redis_layer.cli("ZCARD", slots) == "5"
+    assert lost("notifications") == before + 5
+    # One script call for every slot, then a re-take per lost one; one ZADD per group.
+    assert calls(redis_layer, "eval") == 1 + 5
+    assert calls(redis_layer, "zadd") == 5 + 2
+    for communicator in sockets + watchers:
         await communicator.disconnect()
     assert not keeper().consumers
 
 
-async def test_groups_larger_than_one_batch_are_renewed_whole(redis_layer, settings, monkeypatch):
+async def test_groups_larger_than_one_batch_are_renewed_whole(redis_layer, settings, user, auth_headers, monkeypatch):
     settings.WS_STATE_REFRESH_SECONDS = 3600
     monkeypatch.setattr(keeper_module, "GROUP_BATCH", 2)
-    watchers = [(await connect("/ws/live/"))[0] for _ in range(5)]
-    redis_layer.cli("FLUSHALL")
+    sockets = await notification_sockets(settings, auth_headers, 5)
+    key = get_channel_layer()._group_key(group_name(user.pk)).decode()
+    redis_layer.cli("DEL", key)
     redis_layer.cli("CONFIG", "RESETSTAT")
     await keeper().renew()
-    assert redis_layer.cli("ZCARD", get_channel_layer()._group_key(settings.LIVE_GROUP).decode()) == "5"
-    assert calls(redis_layer, "zadd") == 3
-    for communicator in watchers:
+    assert redis_layer.cli("ZCARD", key) == "5"
+    assert calls(redis_layer, "eval") == 1
+    assert calls(redis_layer, "zadd") == 3 + 5  # three group batches; the script's five slot renewals
+    for communicator in sockets:
         await communicator.disconnect()
 
 
-async def test_the_keeper_renews_on_its_own_and_stops_with_the_last_socket(redis_layer, settings):
+async def test_the_keeper_renews_on_its_own_and_stops_with_the_last_socket(redis_layer, settings, user, auth_headers):
     settings.WS_STATE_REFRESH_SECONDS = 0.2
-    communicator, accepted, _ = await connect("/ws/live/")
-    assert accepted
+    (communicator,) = await notification_sockets(settings, auth_headers, 1)
     redis_layer.cli("FLUSHALL")
-    key = get_channel_layer()._group_key(settings.LIVE_GROUP).decode()
+    key = get_channel_layer()._group_key(group_name(user.pk)).decode()
     for _ in range(50):
         if redis_layer.cli("ZCARD", key) == "1":
             break
