@@ -23,9 +23,11 @@ class Feed:
     encoding per socket, each read in turn by the process's one receive loop:
     the burst's tail waited for every read before it.
 
-    The first update after a quiet spell arms one timer; when it fires, every
-    socket gets the updates as one frame, and the timer is armed again only by
-    the next update. A quiet process wakes for nothing.
+    A socket gets at most one frame per LIVE_BATCH_INTERVAL: an update after a
+    quiet interval goes out at once and opens a window; the updates arriving
+    within it go out together as one frame when it ends (one timer for the
+    process, armed only by an update). A quiet process wakes for nothing, and
+    a tick once a second is not held back by a window it does not need.
 
     The channel's membership is kept like a socket's (realtime/keeper.py): a
     Redis that lost it has it back within WS_STATE_REFRESH_SECONDS. With its
@@ -40,6 +42,7 @@ class Feed:
     def __init__(self) -> None:
         self.sockets: set[LiveConsumer] = set()
         self.pending: list[dict] = []
+        self.sent_at = float("-inf")  # loop time of the last frame
         self.timer: asyncio.TimerHandle | None = None
         self.sending: set[asyncio.Task] = set()  # batches being sent, group_discards
         self.channel_name: str | None = None
@@ -114,11 +117,18 @@ class Feed:
 
     def add(self, update: dict) -> None:
         self.pending.append(update)
-        if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(settings.LIVE_BATCH_INTERVAL, self._flush)
+        if self.timer is not None:
+            return  # the window's frame is due: it carries this update too
+        loop = asyncio.get_running_loop()
+        wait = self.sent_at + settings.LIVE_BATCH_INTERVAL - loop.time()
+        if wait <= 0:
+            self._flush()  # a quiet interval before: at once, opening a window
+        else:
+            self.timer = loop.call_later(wait, self._flush)
 
     def _flush(self) -> None:
         self.timer = None
+        self.sent_at = asyncio.get_running_loop().time()
         updates, self.pending = self.pending, []
         if not self.sockets:
             return
@@ -144,9 +154,10 @@ feed = per_loop(Feed)
 class LiveConsumer(AppConsumer):
     """/ws/live/: the broadcast price feed, batched.
 
-    Ticks published to the live group are buffered and sent as one
-    {"type": "batch", "updates": [...]} frame per LIVE_BATCH_INTERVAL_MS;
-    an interval with no ticks sends nothing. Public data: no login needed
+    Ticks published to the live group arrive as {"type": "batch", "updates":
+    [...]} frames, at most one per LIVE_BATCH_INTERVAL_MS: the first tick after
+    a quiet interval at once, the ticks of the interval it opens together at
+    its end; no tick, no frame. Public data: no login needed
     (nginx limits connections per address; logged-in users also count
     against their own limit).
     """

@@ -24,14 +24,18 @@ async def test_anonymous_clients_may_watch():
     await communicator.disconnect()
 
 
-async def test_ticks_of_one_interval_arrive_as_one_batch(settings):
-    settings.LIVE_BATCH_INTERVAL = 0.2
+async def test_the_first_tick_goes_at_once_and_the_rest_of_its_interval_as_one_batch(settings):
+    settings.LIVE_BATCH_INTERVAL = 0.4
     communicator, _, _ = await connect("/ws/live/")
     for n in range(5):
         await group_send(settings.LIVE_GROUP, tick(n))
-    frame = await communicator.receive_json_from(timeout=1)
-    assert frame["type"] == "batch"
-    assert [u["price"] for u in frame["updates"]] == [100.0, 101.0, 102.0, 103.0, 104.0]
+    first = await communicator.receive_json_from(timeout=1)
+    assert first["type"] == "batch"
+    assert [u["price"] for u in first["updates"]] == [100.0]
+    # The others wait for the end of the window the first one opened, then go together.
+    assert await communicator.receive_nothing(timeout=0.1)
+    rest = await communicator.receive_json_from(timeout=1)
+    assert [u["price"] for u in rest["updates"]] == [101.0, 102.0, 103.0, 104.0]
     # Nothing more was published, so nothing more is sent.
     assert await communicator.receive_nothing(timeout=0.6)
     await communicator.disconnect()
@@ -51,12 +55,16 @@ async def test_a_quiet_interval_sends_nothing_and_later_ticks_form_a_new_batch(s
     await communicator.disconnect()
 
 
-async def test_a_quiet_process_arms_no_timer_and_a_broadcast_arms_one_for_every_socket(settings):
-    settings.LIVE_BATCH_INTERVAL = 0.2
+async def test_a_quiet_process_arms_no_timer_and_a_busy_one_arms_one_for_every_socket(settings):
+    settings.LIVE_BATCH_INTERVAL = 0.3
     watchers = [(await connect("/ws/live/"))[0] for _ in range(3)]
     assert await watchers[0].receive_nothing(timeout=0.3)
     assert feed().timer is None
     await group_send(settings.LIVE_GROUP, tick(1))
+    for communicator in watchers:
+        assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [101.0]
+    assert feed().timer is None  # sent at once: nothing waits
+    await group_send(settings.LIVE_GROUP, tick(2))  # within the window the first frame opened
     for _ in range(100):
         if feed().pending:
             break
@@ -64,13 +72,14 @@ async def test_a_quiet_process_arms_no_timer_and_a_broadcast_arms_one_for_every_
     assert len(feed().pending) == 1
     assert feed().timer is not None
     for communicator in watchers:
-        assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [101.0]
+        assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [102.0]
     assert feed().timer is None
     assert not feed().pending
     await watchers[0].disconnect()
-    await group_send(settings.LIVE_GROUP, tick(2))
+    await asyncio.sleep(0.35)
+    await group_send(settings.LIVE_GROUP, tick(3))
     for communicator in watchers[1:]:
-        assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [102.0]
+        assert [u["price"] for u in (await communicator.receive_json_from(timeout=1))["updates"]] == [103.0]
         await communicator.disconnect()
     assert not feed().sockets
 
