@@ -77,7 +77,8 @@ class StateKeeper:
                 await limits.slots().acquire(consumer.endpoint, consumer.user.pk, consumer.channel_name, force=True)
         members: dict[str, list[str]] = defaultdict(list)
         for consumer in consumers:
-            if not consumer.released:
+            # Still kept after the slot round trip: one that left meanwhile is not re-added.
+            if consumer in self.consumers and not consumer.released:
                 for group in consumer.memberships:
                     members[group].append(consumer.channel_name)
         if not members:

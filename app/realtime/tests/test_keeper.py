@@ -9,6 +9,7 @@ from prometheus_client import REGISTRY
 
 from notifications.services import group_name
 from realtime import keeper as keeper_module
+from realtime import limits
 from realtime.keeper import keeper
 from testing import connect
 
@@ -88,6 +89,31 @@ async def test_the_keeper_renews_on_its_own_and_stops_with_the_last_socket(redis
     await communicator.disconnect()
     await asyncio.wait_for(task, 1)
     assert not keeper().consumers
+
+
+async def test_a_member_that_leaves_during_a_renewal_is_not_added_back(
+    redis_layer, settings, user, auth_headers, monkeypatch
+):
+    """The live feed leaves the group with its last socket while the keeper waits on the slots' round trip."""
+    settings.WS_STATE_REFRESH_SECONDS = 3600
+    (notified,) = await notification_sockets(settings, auth_headers, 1)
+    watcher, _, _ = await connect("/ws/live/")
+    key = get_channel_layer()._group_key(settings.LIVE_GROUP).decode()
+    assert redis_layer.cli("ZCARD", key) == "1"
+    real = limits.RedisSlots.renew
+
+    async def renew_while_the_watcher_leaves(self, held):
+        await watcher.disconnect()
+        return await real(self, held)
+
+    monkeypatch.setattr(limits.RedisSlots, "renew", renew_while_the_watcher_leaves)
+    await keeper().renew()
+    for _ in range(50):
+        if redis_layer.cli("ZCARD", key) == "0":
+            break
+        await asyncio.sleep(0.02)
+    assert redis_layer.cli("ZCARD", key) == "0"
+    await notified.disconnect()
 
 
 async def test_a_failing_renewal_is_counted_and_retried_next_interval(redis_layer, settings, monkeypatch):
