@@ -16,12 +16,12 @@ log = logging.getLogger(__name__)
 class Feed:
     """One process's membership of the live group, shared by all its /ws/live/ sockets.
 
-    A broadcast reaches each process once: the process's own channel is the
+    A broadcast is handled once per process: the process's own channel is the
     group's one member for all its sockets, one task reads it, and the updates
     of an interval go out as one frame, encoded once, to every socket. With a
-    member per socket, a tick was one Redis message, one read and one JSON
-    encoding per socket, each read in turn by the process's one receive loop:
-    the burst's tail waited for every read before it.
+    member per socket, every tick woke each socket's consumer, which took
+    Channels' hop to Django's sync thread, kept a batch of its own and encoded
+    its own frame: the burst's tail waited for all of that before it.
 
     A socket gets at most one frame per LIVE_BATCH_INTERVAL: an update after a
     quiet interval goes out at once and opens a window; the updates arriving
