@@ -28,14 +28,24 @@ These traps decide the values below (all seen on this stack):
   connect, so a process would keep reading the old master while others write
   to the new one. Connections therefore re-check the master's address (at most
   once per MASTER_CHECK_SECONDS, before a command) and move when it moved.
+* redis-py writes each command under ``asyncio.wait_for``, which on Python
+  3.11 drops a cancellation that arrives as the write completes
+  (redis/redis-py#2028). A consumer's read of its channel, cancelled as its
+  socket closed, then went on reading, one blocking read after another: the
+  consumer's end waited until something cancelled it again (daphne's close
+  timeout, the test client's 1 s), and a second cancellation lost the same
+  way left it reading forever. Every connection here raises such a dropped
+  cancellation again after the write (``CancellationKeepingConnection``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 
 from channels_redis.core import RedisChannelLayer
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -73,7 +83,40 @@ def _is_unblocked(exc: ResponseError) -> bool:
     return str(exc).startswith("UNBLOCKED")
 
 
-class FailoverAwareConnection(SentinelManagedConnection):
+class CancellationKeepingConnection:
+    """A connection whose command writes never drop their task's cancellation.
+
+    A cancellation requested while the command was written and not raised
+    (Python 3.11's ``wait_for``, see the module's docstring) is raised once the
+    write returns. The command's reply will not be read: the connection closes.
+    """
+
+    async def send_packed_command(self, command, check_health=True):
+        task = asyncio.current_task()
+        requested = task.cancelling() if task is not None else 0
+        await super().send_packed_command(command, check_health)
+        if task is not None and task.cancelling() > requested:
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
+
+
+class PlainConnection(CancellationKeepingConnection, Connection):
+    pass
+
+
+class PlainSSLConnection(CancellationKeepingConnection, SSLConnection):
+    pass
+
+
+class PlainUnixConnection(CancellationKeepingConnection, UnixDomainSocketConnection):
+    pass
+
+
+# What a Redis URL's scheme connects with (as redis-py chooses, with the fix above).
+URL_CONNECTIONS = {"redis": PlainConnection, "rediss": PlainSSLConnection, "unix": PlainUnixConnection}
+
+
+class FailoverAwareConnection(CancellationKeepingConnection, SentinelManagedConnection):
     """A Sentinel-managed connection that follows the master promptly.
 
     * Before a command, at most once per MASTER_CHECK_SECONDS, it asks Sentinel
@@ -144,7 +187,8 @@ def layer_host(spec: dict) -> dict:
     """
     options = connection_options(spec["socket_timeout"], spec["retry_seconds"])
     if spec["mode"] == "url":
-        return {"address": spec["url"], **options}
+        scheme = spec["url"].partition("://")[0]
+        return {"address": spec["url"], "connection_class": URL_CONNECTIONS[scheme], **options}
     sentinel_kwargs = {
         "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
         "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
