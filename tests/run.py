@@ -9,6 +9,12 @@ unit test costs seconds, not a replica boot:
 Whatever happens, the replicas are brought down at the end. The last line
 sums every pytest run: "N passed, N failed".
 
+A stage that hangs must not eat CI's whole limit: each pytest run has a time
+limit (STAGE_LIMITS, and whatever is left of SUITE_BUDGET), after which it is
+interrupted like a Ctrl-C, so pytest prints where it stood, writes its report
+and tears its fixtures down (the replicas with them); a test that runs longer
+than FAULTHANDLER_SECONDS also dumps every thread's stack on the way.
+
 --vm runs the slow suite instead (`./stack test-vm`, not part of CI): a
 Debian 12 box built here, `vagrant up --provider=libvirt` of the all-in-one
 topology under QEMU's software emulation, `vagrant provision` (site.yml),
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,24 +42,64 @@ VENV_BIN = ROOT / ".venv" / "bin"
 REPORTS = ROOT / ".replicas-reports"
 
 
+# The whole suite normally takes under 50 minutes; CI stops it at 90. A hung
+# stage is cut off so that the rest (teardown, replicas down, the summary)
+# still runs within CI's limit.
+SUITE_BUDGET = 80 * 60
+# Per stage, seconds (several times what each takes on a 2-core machine).
+STAGE_LIMITS = {"app": 15 * 60, "unit": 10 * 60}
+# Kept back from the budget for what runs after a cut-off stage.
+TEARDOWN_RESERVE = 5 * 60
+# A test running longer than this dumps every thread's stack (and goes on);
+# a replica test's time includes the shared stack's start (about 15 minutes).
+FAULTHANDLER_SECONDS = {"app": 120, "unit": 120}
+FAULTHANDLER_DEFAULT = 30 * 60
+# After the interrupt, how long pytest has to report and tear down before it is killed.
+INTERRUPT_GRACE = 4 * 60
+
+SUITE_STARTED = time.monotonic()
+
+
 def env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def step(name: str, argv: list[str], cwd: Path = ROOT) -> bool:
+def stage_limit(stage: str) -> float:
+    """Seconds the stage may run: its own limit, and no more than the suite's budget leaves."""
+    left = SUITE_BUDGET - TEARDOWN_RESERVE - (time.monotonic() - SUITE_STARTED)
+    return min(STAGE_LIMITS.get(stage, SUITE_BUDGET), max(60.0, left))
+
+
+def run_limited(argv: list[str], cwd: Path, limit: float | None) -> tuple[int, bool]:
+    """(exit code, cut off): argv in a process group of its own, interrupted after limit seconds."""
+    with subprocess.Popen(argv, cwd=cwd, env=env(), start_new_session=True) as process:
+        try:
+            return process.wait(timeout=limit), False
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)  # pytest: traceback, report, fixture teardown
+            try:
+                process.wait(timeout=INTERRUPT_GRACE)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            return process.returncode, True
+
+
+def step(name: str, argv: list[str], cwd: Path = ROOT, limit: float | None = None) -> bool:
     print(f"\n=== {name}: {' '.join(argv)}", flush=True)
     started = time.monotonic()
-    ok = subprocess.run(argv, cwd=cwd, env=env(), check=False).returncode == 0
-    print(f"=== {name}: {'ok' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s", flush=True)
-    return ok
+    code, cut_off = run_limited(argv, cwd, limit)
+    outcome = f"FAILED: cut off after its {limit:.0f} s limit" if cut_off else "ok" if code == 0 else "FAILED"
+    print(f"=== {name}: {outcome} in {time.monotonic() - started:.1f} s", flush=True)
+    return code == 0 and not cut_off
 
 
-def pytest(name: str, args: list[str], cwd: Path = ROOT) -> bool:
+def pytest(name: str, args: list[str], cwd: Path = ROOT, limited: bool = True) -> bool:
     report = REPORTS / f"{name}.xml"
     # Printed output goes into the report too, where figures() finds the measurements.
-    return step(
-        name, [str(VENV_BIN / "pytest"), f"--junitxml={report}", "-o", "junit_logging=system-out", *args], cwd=cwd
-    )
+    argv = [str(VENV_BIN / "pytest"), f"--junitxml={report}", "-o", "junit_logging=system-out"]
+    argv += ["-o", f"faulthandler_timeout={FAULTHANDLER_SECONDS.get(name, FAULTHANDLER_DEFAULT)}", *args]
+    return step(name, argv, cwd=cwd, limit=stage_limit(name) if limited else None)
 
 
 def figures() -> list[str]:
@@ -135,7 +182,8 @@ def vm_stage() -> list[bool]:
     try:
         timed("libvirt up", vm_libvirt().start)
         paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/replicas").glob("test_blueprint_*.py"))
-        return [pytest("vm", ["-q", *paths])]
+        # Software emulation: slow, and not part of CI's run; no time limit.
+        return [pytest("vm", ["-q", *paths], limited=False)]
     finally:
         # The session fixture destroys the VMs too; this covers a killed pytest.
         vm_down()
