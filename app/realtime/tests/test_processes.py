@@ -234,6 +234,35 @@ async def test_oversized_frames_close_with_4009_and_give_back_every_slot(pool):
     assert "Exception inside application" not in log
 
 
+def blocked_readers(redis_server) -> int:
+    """Redis clients inside a blocking read of a channel (BZPOPMIN): a process's channel readers."""
+    return sum(" cmd=bzpopmin " in f" {line} " for line in redis_server.cli("CLIENT", "LIST").splitlines())
+
+
+async def test_closed_sockets_leave_no_channel_reader_behind(pool, redis_server):
+    """Each closing socket's consumer cancels its read of the process's channel and ends.
+
+    A dropped cancellation (config/redis.py) left the read going on, one blocking
+    read after another, until daphne cancelled the consumer 10 s later, or for
+    good when that cancellation was dropped too.
+    """
+    endpoints = [(user, path) for user in ("alice", "bob", "carol") for path in ("/ws/notifications/", "/ws/orders/")]
+    for _ in range(3):
+        sockets = [await open_socket(pool, pool["b"], user, path) for user, path in endpoints]
+        for ws in sockets:
+            await ws.send('{"type": "ping"}')
+            await asyncio.wait_for(ws.recv(), 5)
+        # One after another and all at once: reads are cancelled while others start.
+        await sockets[0].close()
+        await asyncio.gather(*(ws.close() for ws in sockets[1:]))
+    # No reader may be left: three looks in a row, across more than one 1 s blocking read.
+    deadline, quiet = time.monotonic() + 6, 0
+    while quiet < 3 and time.monotonic() < deadline:
+        quiet = quiet + 1 if blocked_readers(redis_server) == 0 else 0
+        await asyncio.sleep(0.5)
+    assert quiet == 3, f"{blocked_readers(redis_server)} channel reads still going on with every socket closed"
+
+
 async def test_sockets_heal_their_memberships_after_redis_lost_everything(pool, redis_server):
     """A master restarted empty: open sockets re-join their groups within WS_STATE_REFRESH_SECONDS (1 s here)."""
     before = counter(await asyncio.to_thread(pool["a"].metrics), "websocket_state_lost", "notifications")
