@@ -70,9 +70,15 @@ def stage_limit(stage: str) -> float:
     return min(STAGE_LIMITS.get(stage, SUITE_BUDGET), max(60.0, left))
 
 
+def interruptible() -> None:
+    # A runner started in the background (as CI starts it) has SIGINT ignored,
+    # which its children inherit, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_limited(argv: list[str], cwd: Path, limit: float | None) -> tuple[int, bool]:
     """(exit code, cut off): argv in a process group of its own, interrupted after limit seconds."""
-    with subprocess.Popen(argv, cwd=cwd, env=env(), start_new_session=True) as process:
+    with subprocess.Popen(argv, cwd=cwd, env=env(), start_new_session=True, preexec_fn=interruptible) as process:
         try:
             return process.wait(timeout=limit), False
         except subprocess.TimeoutExpired:
