@@ -110,8 +110,8 @@ class Pool:
     def _raw(self, command: str) -> str:
         return (
             f"{BENCH_DIR}/venv/bin/python {BENCH_DIR}/raw_fanout.py --sentinels {','.join(self.redis)} "
-            f"--sentinel-port {role_default('redis_sentinel', 'redis_sentinel_port')} "
-            f"--master {role_default('redis_sentinel', 'redis_sentinel_master_name')} {command}"
+            f"--sentinel-port {role_default('blueprint', 'redis_sentinel_port')} "
+            f"--master {role_default('blueprint', 'redis_sentinel_master_name')} {command}"
         )
 
     # -- switching -------------------------------------------------------------

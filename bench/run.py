@@ -162,8 +162,8 @@ class RedisCounters:
         return int(re.search(r"total_connections_received:(\d+)", out).group(1))
 
     def read(self) -> dict[str, int]:
-        redis_port = role_default("redis", "redis_port")
-        sentinel_port = role_default("redis_sentinel", "redis_sentinel_port")
+        redis_port = role_default("blueprint", "redis_port")
+        sentinel_port = role_default("blueprint", "redis_sentinel_port")
         master = sum(
             self._received(n, redis_port, self.secrets["redis_password"])
             for n in self.hosts

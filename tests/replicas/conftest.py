@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from bench.load import login
-from bench.pools import stack_secrets
+from bench.pools import role_default, stack_secrets
 from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.topology import load
@@ -52,7 +52,16 @@ def unique(*groups: str) -> list[str]:
     return list(dict.fromkeys(name for group in groups for name in names(group)))
 
 
-def redis_cli(host, password: str, *args: str, port: int = 6379):
+def fact(name: str):
+    """A port or name of the stack, from its owner (the blueprint role's defaults)."""
+    return role_default("blueprint", name)
+
+
+GUNICORN_PORT, DAPHNE_BASE_PORT = fact("gunicorn_port"), fact("daphne_base_port")
+REDIS_PORT, SENTINEL_PORT, MASTER = fact("redis_port"), fact("redis_sentinel_port"), fact("redis_sentinel_master_name")
+
+
+def redis_cli(host, password: str, *args: str, port: int = REDIS_PORT):
     return host.run(
         "REDISCLI_AUTH=%s redis-cli -p %s --no-auth-warning " + " ".join(["%s"] * len(args)), password, str(port), *args
     )
@@ -61,7 +70,12 @@ def redis_cli(host, password: str, *args: str, port: int = 6379):
 def master_address(hosts, secrets, name: str) -> str:
     """The master's address as the sentinel on host `name` names it."""
     out = redis_cli(
-        hosts[name], secrets["redis_sentinel_password"], "SENTINEL", "get-master-addr-by-name", "channels", port=26379
+        hosts[name],
+        secrets["redis_sentinel_password"],
+        "SENTINEL",
+        "get-master-addr-by-name",
+        MASTER,
+        port=SENTINEL_PORT,
     )
     assert out.rc == 0, out.stderr
     return out.stdout.split()[0]
@@ -72,7 +86,7 @@ def sentinel_failover(hosts, secrets) -> tuple[str, str]:
     redis_hosts = names("redis")
     before = master_address(hosts, secrets, redis_hosts[0])
     out = redis_cli(
-        hosts[redis_hosts[0]], secrets["redis_sentinel_password"], "SENTINEL", "FAILOVER", "channels", port=26379
+        hosts[redis_hosts[0]], secrets["redis_sentinel_password"], "SENTINEL", "FAILOVER", MASTER, port=SENTINEL_PORT
     )
     assert out.stdout.strip() == "OK", out.stdout + out.stderr
     deadline = time.monotonic() + 60

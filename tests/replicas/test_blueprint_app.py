@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.replicas.conftest import first, names
+from tests.replicas.conftest import DAPHNE_BASE_PORT, GUNICORN_PORT, fact, first, names
 
 HARDENING = {
     "NoNewPrivileges": "yes",
@@ -34,16 +34,17 @@ def test_gunicorn_serves_on_the_private_address_hardened(converged, hosts, stack
     assert unit.is_enabled
     assert unit.is_running
     assert_hardened(unit, "gunicorn")
-    assert host.socket(f"tcp://{stack.address(name)}:8000").is_listening
-    assert not host.socket("tcp://0.0.0.0:8000").is_listening
-    assert host.run("curl -sf http://%s:8000/healthz", stack.address(name)).stdout == '{"status": "ok"}'
+    assert host.socket(f"tcp://{stack.address(name)}:{GUNICORN_PORT}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{GUNICORN_PORT}").is_listening
+    health = host.run("curl -sf http://%s:%s/healthz", stack.address(name), str(GUNICORN_PORT))
+    assert health.stdout == '{"status": "ok"}'
 
 
 @pytest.mark.parametrize("name", names("ws"))
 def test_one_daphne_per_cpu_each_on_its_port(converged, hosts, stack, name):
     host = hosts[name]
     cpus = int(host.run("nproc").stdout)
-    for port in range(8001, 8001 + cpus):
+    for port in range(DAPHNE_BASE_PORT, DAPHNE_BASE_PORT + cpus):
         unit = host.service(f"daphne@{port}")
         assert unit.is_enabled
         assert unit.is_running
@@ -54,7 +55,7 @@ def test_one_daphne_per_cpu_each_on_its_port(converged, hosts, stack, name):
         nofile = re.search(r"Max open files\s+(\d+)", limits).group(1)
         print(f"\nfigure: {name} daphne@{port} open-files limit really granted: {nofile}")
         assert int(nofile) >= 10000
-    assert not host.service(f"daphne@{8001 + cpus}").is_running
+    assert not host.service(f"daphne@{DAPHNE_BASE_PORT + cpus}").is_running
 
 
 @pytest.mark.parametrize("name", sorted({first("http"), first("ws")}))
@@ -64,7 +65,7 @@ def test_secrets_are_readable_by_root_and_the_service_group_only(converged, host
     assert env.group == "channels"
     assert env.mode == 0o640
     assert "DJANGO_SECRET_KEY=" in env.content_string
-    for unit in ("gunicorn", "daphne@8001"):
+    for unit in ("gunicorn", f"daphne@{DAPHNE_BASE_PORT}"):
         if hosts[name].exists("systemctl") and unit.split("@")[0] in hosts[name].run("ls /etc/systemd/system").stdout:
             environment = hosts[name].service(unit).systemd_properties.get("Environment", "")
             assert "PASSWORD" not in environment
@@ -87,8 +88,9 @@ def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, 
     assert lb.run("nginx -t").rc == 0
     assert lb.socket("tcp://0.0.0.0:443").is_listening
     assert lb.socket("tcp://0.0.0.0:80").is_listening
-    assert lb.socket("tcp://127.0.0.1:8088").is_listening
-    assert "Active connections" in lb.run("curl -s http://127.0.0.1:8088/stub_status").stdout
+    status_port = fact("nginx_status_port")
+    assert lb.socket(f"tcp://127.0.0.1:{status_port}").is_listening
+    assert "Active connections" in lb.run("curl -s http://127.0.0.1:%s/stub_status", str(status_port)).stdout
     key = lb.file("/etc/nginx/tls/channels.key")
     assert key.mode == 0o600
     site = lb.file("/etc/nginx/sites-enabled/channels.conf").content_string
@@ -98,7 +100,7 @@ def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, 
     expected = {
         f"{stack.address(name)}:{port}"
         for name in names("ws")
-        for port in range(8001, 8001 + int(hosts[name].run("nproc").stdout))
+        for port in range(DAPHNE_BASE_PORT, DAPHNE_BASE_PORT + int(hosts[name].run("nproc").stdout))
     }
     listed = re.findall(r"server (\S+:\d+)", upstream)
     assert sorted(listed) == sorted(expected)

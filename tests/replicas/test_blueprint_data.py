@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.replicas.conftest import (
+    MASTER,
+    REDIS_PORT,
+    SENTINEL_PORT,
+    fact,
     first,
     master_address,
     names,
@@ -24,9 +28,10 @@ def test_postgresql_listens_on_the_private_address_and_loopback_only(converged, 
     assert service.is_enabled
     assert service.is_running
     private = stack.address(DB)
-    assert db.socket(f"tcp://{private}:5432").is_listening
-    assert db.socket("tcp://127.0.0.1:5432").is_listening
-    assert not db.socket("tcp://0.0.0.0:5432").is_listening
+    port = fact("postgresql_port")
+    assert db.socket(f"tcp://{private}:{port}").is_listening
+    assert db.socket(f"tcp://127.0.0.1:{port}").is_listening
+    assert not db.socket(f"tcp://0.0.0.0:{port}").is_listening
 
 
 def test_postgresql_admits_the_app_role_by_password_and_only_from_the_app_hosts(converged, hosts, stack, secrets):
@@ -55,7 +60,7 @@ def test_postgresql_admits_the_app_role_by_password_and_only_from_the_app_hosts(
 def test_redis_and_sentinel_run_with_auth_on_private_and_loopback_only(converged, hosts, stack, name):
     host = hosts[name]
     private = stack.address(name)
-    for unit, port in (("redis-server", 6379), ("redis-sentinel", 26379)):
+    for unit, port in (("redis-server", REDIS_PORT), ("redis-sentinel", SENTINEL_PORT)):
         assert host.service(unit).is_enabled
         assert host.service(unit).is_running
         assert host.socket(f"tcp://{private}:{port}").is_listening
@@ -83,7 +88,7 @@ def test_every_sentinel_names_the_same_master_and_every_replica_is_linked(conver
                 in redis_cli(hosts[name], secrets["redis_password"], "INFO", "replication").stdout
             )
     sentinel = redis_cli(
-        hosts[master], secrets["redis_sentinel_password"], "SENTINEL", "master", "channels", port=26379
+        hosts[master], secrets["redis_sentinel_password"], "SENTINEL", "master", MASTER, port=SENTINEL_PORT
     ).stdout.split()
     # Quorum is a majority of the sentinels.
     assert sentinel[sentinel.index("quorum") + 1] == str(len(REDIS_HOSTS) // 2 + 1)

@@ -10,23 +10,25 @@ import socket
 
 import pytest
 
+from bench.pools import role_default as port_of
 from tests.replicas.conftest import TOPOLOGY
 
 # (group serving, port): groups allowed to connect. "any" = every address.
+# Ports from their owner, the blueprint role's defaults.
 FLOWS = {
     ("lb", 443): "any",
     ("lb", 80): "any",
-    ("http", 8000): {"lb", "monitoring"},
-    ("ws", 8001): {"lb", "monitoring"},
-    ("redis", 6379): {"http", "ws", "redis", "monitoring"},
-    ("redis", 26379): {"http", "ws", "redis", "monitoring"},
-    ("db", 5432): {"http", "ws", "monitoring"},
+    ("http", port_of("blueprint", "gunicorn_port")): {"lb", "monitoring"},
+    ("ws", port_of("blueprint", "daphne_base_port")): {"lb", "monitoring"},
+    ("redis", port_of("blueprint", "redis_port")): {"http", "ws", "redis", "monitoring"},
+    ("redis", port_of("blueprint", "redis_sentinel_port")): {"http", "ws", "redis", "monitoring"},
+    ("db", port_of("blueprint", "postgresql_port")): {"http", "ws", "monitoring"},
     # Exporters answer Prometheus only.
-    ("ws", 9100): {"monitoring"},
-    ("lb", 9113): {"monitoring"},
-    ("redis", 9121): {"monitoring"},
-    ("redis", 9355): {"monitoring"},
-    ("db", 9187): {"monitoring"},
+    ("ws", port_of("blueprint", "exporters_node_port")): {"monitoring"},
+    ("lb", port_of("blueprint", "exporters_nginx_port")): {"monitoring"},
+    ("redis", port_of("blueprint", "exporters_redis_port")): {"monitoring"},
+    ("redis", port_of("blueprint", "exporters_sentinel_port")): {"monitoring"},
+    ("db", port_of("blueprint", "exporters_postgres_port")): {"monitoring"},
 }
 
 

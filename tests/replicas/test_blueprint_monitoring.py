@@ -11,8 +11,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from bench.pools import role_default
-from tests.replicas.conftest import ROOT, first, names, open_ws
+from tests.replicas.conftest import DAPHNE_BASE_PORT, GUNICORN_PORT, ROOT, fact, first, names, open_ws
 
 # Seconds between scrapes on the drilled stacks.
 SCRAPE_INTERVAL = int(
@@ -23,15 +22,16 @@ SCRAPE_INTERVAL = int(
 def expected_targets(hosts) -> set[tuple[str, str, int]]:
     """(job, host, port) for every target, from the topology's groups alone."""
     jobs = {
-        ("prometheus", "monitoring", 9090), ("alertmanager", "monitoring", 9093), ("nginx", "lb", 9113),
-        ("mtail", "lb", 3903),
-        ("redis", "redis", 9121), ("sentinel", "redis", 9355), ("postgres", "db", 9187), ("gunicorn", "http", 8000),
+        ("prometheus", "monitoring", "prometheus_port"), ("alertmanager", "monitoring", "alertmanager_port"),
+        ("nginx", "lb", "exporters_nginx_port"), ("mtail", "lb", "exporters_mtail_port"),
+        ("redis", "redis", "exporters_redis_port"), ("sentinel", "redis", "exporters_sentinel_port"),
+        ("postgres", "db", "exporters_postgres_port"), ("gunicorn", "http", "gunicorn_port"),
     }  # fmt: skip
-    expected = {(job, host, port) for job, group, port in jobs for host in names(group)}
-    expected |= {("node", host, 9100) for host in hosts}
+    expected = {(job, host, fact(port)) for job, group, port in jobs for host in names(group)}
+    expected |= {("node", host, fact("exporters_node_port")) for host in hosts}
     for host in names("ws"):
         cpus = int(hosts[host].run("nproc").stdout)
-        expected |= {("daphne", host, port) for port in range(8001, 8001 + cpus)}
+        expected |= {("daphne", host, port) for port in range(DAPHNE_BASE_PORT, DAPHNE_BASE_PORT + cpus)}
     return expected
 
 
@@ -41,7 +41,7 @@ def prom(converged, hosts, stack):
     mon = hosts[first("monitoring")]
     address = stack.address(first("monitoring"))
 
-    def query(path: str, port: int = 9090) -> dict:
+    def query(path: str, port: int = fact("prometheus_port")) -> dict:
         out = mon.run("curl -sfg %s", f"http://{address}:{port}{path}")
         assert out.rc == 0, out.stderr
         return json.loads(out.stdout)
@@ -61,7 +61,11 @@ def wait_for(check, timeout: float, every: float = 1.0):
 def test_monitoring_services_run_where_intended(converged, hosts, stack):
     mon = hosts[first("monitoring")]
     address = stack.address(first("monitoring"))
-    for unit, port in (("prometheus", 9090), ("prometheus-alertmanager", 9093), ("prometheus-node-exporter", 9100)):
+    for unit, port in (
+        ("prometheus", fact("prometheus_port")),
+        ("prometheus-alertmanager", fact("alertmanager_port")),
+        ("prometheus-node-exporter", fact("exporters_node_port")),
+    ):
         assert mon.service(unit).is_enabled, unit
         assert mon.service(unit).is_running, unit
         assert mon.socket(f"tcp://{address}:{port}").is_listening, unit
@@ -73,12 +77,12 @@ def test_monitoring_services_run_where_intended(converged, hosts, stack):
 
 
 EXPORTERS = {
-    "prometheus-node-exporter": ("all", 9100),
-    "prometheus-nginx-exporter": ("lb", 9113),
-    "mtail": ("lb", 3903),
-    "prometheus-redis-exporter": ("redis", 9121),
-    "prometheus-redis-exporter-sentinel": ("redis", 9355),
-    "prometheus-postgres-exporter": ("db", 9187),
+    "prometheus-node-exporter": ("all", fact("exporters_node_port")),
+    "prometheus-nginx-exporter": ("lb", fact("exporters_nginx_port")),
+    "mtail": ("lb", fact("exporters_mtail_port")),
+    "prometheus-redis-exporter": ("redis", fact("exporters_redis_port")),
+    "prometheus-redis-exporter-sentinel": ("redis", fact("exporters_sentinel_port")),
+    "prometheus-postgres-exporter": ("db", fact("exporters_postgres_port")),
 }
 
 
@@ -135,7 +139,7 @@ def test_a_stopped_daphne_instance_alerts_and_resolves(prom, hosts, stack):
     instance = f"{stack.address(ws)}:8002"
 
     def at_alertmanager():
-        alerts = prom("/api/v2/alerts?filter=alertname%3D%22DaphneInstanceDown%22", port=9093)
+        alerts = prom("/api/v2/alerts?filter=alertname%3D%22DaphneInstanceDown%22", port=fact("alertmanager_port"))
         return [a for a in alerts if a["labels"].get("instance") == instance and a["status"]["state"] == "active"]
 
     assert not at_alertmanager()
@@ -245,7 +249,7 @@ def test_backends_failing_behind_nginx_are_counted(prom, hosts, site, stack):
             hosts[name].run("systemctl start gunicorn")
         # Every gunicorn answers on its own address before the stack is handed on: a login
         # right after this test once met one still starting (502) and failed the next module.
-        port = role_default("gunicorn", "gunicorn_port")
+        port = GUNICORN_PORT
         for name in names("http"):
             probe = f"curl -sf -o /dev/null http://{stack.address(name)}:{port}/healthz"
             assert wait_for(lambda probe=probe, name=name: hosts[name].run(probe).rc == 0, 60), f"{name}: gunicorn down"

@@ -32,6 +32,12 @@ def test_the_vault_example_holds_exactly_the_secrets_the_playbooks_read():
     assert set(yaml.safe_load(VAULT_EXAMPLE.read_text())) == referenced_vault_names()
 
 
+def test_the_local_stacks_generate_exactly_the_secrets_the_playbooks_map():
+    generated = yaml.safe_load((ANSIBLE / "vars" / "generated_secrets.yml").read_text())
+    mapped = set(re.findall(r"\bvault_\w+", (ANSIBLE / "group_vars" / "all.yml").read_text()))
+    assert {name for name in generated if name.startswith("vault_")} == mapped
+
+
 def test_no_secret_in_clear_in_the_example_inventory():
     for path in EXAMPLE.rglob("*"):
         if path.is_file() and path != VAULT_EXAMPLE:
@@ -65,12 +71,15 @@ def test_the_encrypted_inventory_resolves_every_secret(encrypted_copy):
     shown = ansible(
         "ansible", "-i", str(inventory), "--vault-password-file", str(password), "--playbook-dir", ".",
         "redis1.example.internal", "-c", "local", "-m", "ansible.builtin.debug",
-        "-a", "msg={{ [redis_password, postgresql_app_password, app_secret_key, nginx_tls_key[:27]] | join(' ') }}",
+        "-a", "msg={{ [redis_password, postgresql_app_password, app_secret_key, nginx_tls_key[:27],"
+              " blueprint_server_name] | join(' ') }}",
     )  # fmt: skip
     assert shown.returncode == 0, shown.stdout + shown.stderr
+    # The inventory's settings win over the playbook's group_vars (which once set the server name
+    # to channels.localdomain over the example's, as playbook group_vars/all outrank an inventory's).
     assert (
         "change-me-redis change-me-postgresql change-me-a-long-random-django-secret-key -----BEGIN PRIVATE KEY-----"
-        in " ".join(shown.stdout.split())
+        " channels.example.org" in " ".join(shown.stdout.split())
     )
 
 

@@ -1,0 +1,137 @@
+"""Each port is stated once: moved in an inventory, every file that names it follows.
+
+A throwaway inventory (one host per group, addresses made up) overrides the
+ports an operator is most likely to move, in its group_vars/all as the
+production example does, and tests/render/follow.yml renders each host's
+files the way site.yml wires them. Both sides of every connection must carry
+the new port: the service's own config and what its peers read (nginx's
+upstreams, the firewall's flows, Prometheus's targets, the app's environment).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.pools import role_default
+from tests.ansible_cli import ansible_playbook
+
+ADDRESSES = {"lb1": "10.9.0.11", "http1": "10.9.0.21", "ws1": "10.9.0.31", "redis1": "10.9.0.41",
+             "db1": "10.9.0.51", "mon1": "10.9.0.61"}  # fmt: skip
+GROUPS = {"lb": "lb1", "http": "http1", "ws": "ws1", "redis": "redis1", "db": "db1", "monitoring": "mon1"}
+MOVED = {"gunicorn_port": 9000, "daphne_base_port": 9101, "redis_port": 6400, "redis_sentinel_port": 26400,
+         "postgresql_port": 5440}  # fmt: skip
+SECRETS = ["postgresql_app_password", "redis_password", "redis_sentinel_password", "app_secret_key",
+           "app_notify_api_token"]  # fmt: skip
+
+
+def render(tmp_path: Path, overrides: dict) -> Path:
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars/all").mkdir(parents=True)
+    hosts = {
+        "all": {
+            "vars": {"ansible_connection": "local", "daphne_instances": 2, "redis_current_master": ADDRESSES["redis1"]},
+            "children": {
+                group: {"hosts": {host: {"blueprint_private_address": ADDRESSES[host]}}}
+                for group, host in GROUPS.items()
+            },
+        }
+    }
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    settings = {**overrides, "blueprint_server_name": "shop.example.org", **{name: f"{name}-value" for name in SECRETS}}
+    (inventory / "group_vars/all/vars.yml").write_text(yaml.safe_dump(settings))
+    out = tmp_path / "rendered"
+    result = ansible_playbook("-i", str(inventory), "../tests/render/follow.yml", "-e", f"render_dir={out}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return out
+
+
+def connections(out: Path) -> dict[str, set[str]]:
+    """Each side of each connection, as the rendered files state it."""
+    a = ADDRESSES
+    nginx = (out / "lb1/channels.conf").read_text()
+    app = (out / "http1/app.env").read_text()
+    prometheus = yaml.safe_load((out / "mon1/prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    firewall = {host: (out / host / "nftables.conf").read_text() for host in ADDRESSES}
+
+    def dports(host: str) -> set[str]:
+        return {p for ports in re.findall(r"tcp dport \{ ([^}]*) \}", firewall[host]) for p in ports.split(", ")}
+
+    sentinel = (out / "redis1/sentinel.conf").read_text()
+    ws_ports = json.loads((out / "ws1/daphne_ports.json").read_text())
+    return {
+        "gunicorn listens": set(re.findall(r"--bind (\S+)", (out / "http1/gunicorn.service").read_text())),
+        "nginx's http upstream": set(re.findall(r"server (10\.9\.0\.21:\d+)", nginx)),
+        "daphne instances": {f"{a['ws1']}:{port}" for port in ws_ports},
+        "nginx's ws upstream": set(re.findall(r"server (10\.9\.0\.31:\d+)", nginx)),
+        "redis listens": set(re.findall(r"^port (\d+)", (out / "redis1/redis.conf").read_text(), re.M)),
+        "sentinel listens": set(re.findall(r"^port (\d+)", sentinel, re.M)),
+        "sentinel watches": set(re.findall(r"^sentinel monitor \S+ \S+ (\d+)", sentinel, re.M)),
+        "the app's sentinels": set(re.search(r"REDIS_SENTINELS='([^']*)'", app)[1].split(",")),
+        "postgresql listens": set(re.findall(r"^port = (\d+)", (out / "db1/postgresql.conf").read_text(), re.M)),
+        "the app's database": {re.search(r"DATABASE_URL='[^@]*@([^/]*)/", app)[1]},
+        "http firewall": dports("http1"),
+        "ws firewall": dports("ws1"),
+        "redis firewall": dports("redis1"),
+        "db firewall": dports("db1"),
+        "scraped gunicorn": {t for t in targets if t.startswith(a["http1"] + ":") and not t.endswith(":9100")},
+        "scraped daphne": {t for t in targets if t.startswith(a["ws1"] + ":") and not t.endswith(":9100")},
+        "server name": {"shop.example.org"} & set(re.findall(r"server_name (\S+);", nginx)),
+        "the app's hosts": {"shop.example.org"} & set(re.search(r"DJANGO_ALLOWED_HOSTS='([^']*)'", app)[1].split(",")),
+    }
+
+
+def expected(ports: dict[str, int]) -> dict[str, set[str]]:
+    a = ADDRESSES
+    gunicorn = f"{a['http1']}:{ports['gunicorn_port']}"
+    daphne = {f"{a['ws1']}:{ports['daphne_base_port'] + n}" for n in range(2)}
+    redis, sentinel, db = (str(ports[name]) for name in ("redis_port", "redis_sentinel_port", "postgresql_port"))
+    node, redis_exporter, sentinel_exporter, postgres_exporter = (
+        str(role_default("blueprint", f"exporters_{name}_port")) for name in ("node", "redis", "sentinel", "postgres")
+    )
+    return {
+        "gunicorn listens": {gunicorn},
+        "nginx's http upstream": {gunicorn},
+        "daphne instances": daphne,
+        "nginx's ws upstream": daphne,
+        "redis listens": {redis},
+        "sentinel listens": {sentinel},
+        "sentinel watches": {redis},
+        "the app's sentinels": {f"{a['redis1']}:{sentinel}"},
+        "postgresql listens": {db},
+        "the app's database": {f"{a['db1']}:{db}"},
+        "http firewall": {str(ports["gunicorn_port"]), node},
+        "ws firewall": {port.split(":")[1] for port in daphne} | {node},
+        "redis firewall": {redis, sentinel, node, redis_exporter, sentinel_exporter},
+        "db firewall": {db, node, postgres_exporter},
+        "scraped gunicorn": {gunicorn},
+        "scraped daphne": daphne,
+        "server name": {"shop.example.org"},
+        "the app's hosts": {"shop.example.org"},
+    }
+
+
+@pytest.fixture(scope="module")
+def moved(tmp_path_factory) -> dict[str, set[str]]:
+    return connections(render(tmp_path_factory.mktemp("moved"), MOVED))
+
+
+@pytest.fixture(scope="module")
+def as_shipped(tmp_path_factory) -> dict[str, set[str]]:
+    return connections(render(tmp_path_factory.mktemp("shipped"), {}))
+
+
+@pytest.mark.parametrize("side", list(expected(MOVED)))
+def test_moved_ports_are_followed_everywhere(moved, side):
+    assert moved[side] == expected(MOVED)[side]
+
+
+@pytest.mark.parametrize("side", list(expected(MOVED)))
+def test_shipped_ports_are_the_blueprint_roles(as_shipped, side):
+    shipped = {name: role_default("blueprint", name) for name in MOVED}
+    assert as_shipped[side] == expected(shipped)[side]
