@@ -75,6 +75,15 @@ def connections(out: Path) -> dict[str, set[str]]:
         "the app's sentinels": set(re.search(r"REDIS_SENTINELS='([^']*)'", app)[1].split(",")),
         "postgresql listens": set(re.findall(r"^port = (\d+)", (out / "db1/postgresql.conf").read_text(), re.M)),
         "the app's database": {re.search(r"DATABASE_URL='[^@]*@([^/]*)/", app)[1]},
+        "the redis exporter reads": set(
+            re.findall(r"redis://127.0.0.1:(\d+)", (out / "redis1/prometheus-redis-exporter.env").read_text())
+        ),
+        "the sentinel exporter reads": set(
+            re.findall(r"redis://127.0.0.1:(\d+)", (out / "redis1/prometheus-redis-exporter-sentinel.env").read_text())
+        ),
+        "the postgres exporter reads": set(
+            re.findall(r" port=(\d+)", (out / "db1/prometheus-postgres-exporter.env").read_text())
+        ),
         "http firewall": dports("http1"),
         "ws firewall": dports("ws1"),
         "redis firewall": dports("redis1"),
@@ -105,6 +114,9 @@ def expected(ports: dict[str, int]) -> dict[str, set[str]]:
         "the app's sentinels": {f"{a['redis1']}:{sentinel}"},
         "postgresql listens": {db},
         "the app's database": {f"{a['db1']}:{db}"},
+        "the redis exporter reads": {redis},
+        "the sentinel exporter reads": {sentinel},
+        "the postgres exporter reads": {db},
         "http firewall": {str(ports["gunicorn_port"]), node},
         "ws firewall": {port.split(":")[1] for port in daphne} | {node},
         "redis firewall": {redis, sentinel, node, redis_exporter, sentinel_exporter},
