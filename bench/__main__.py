@@ -23,7 +23,7 @@ from bench.pools import ROOT, stack_secrets
 from bench.run import SMOKE, WORKLOADS, Settings, run, sources_needed
 from replicas.config import from_env
 from replicas.harness import Harness
-from replicas.topology import load
+from replicas.topology import chosen, load
 from tests.stacks import ReplicaStack
 
 
@@ -76,7 +76,7 @@ def main() -> int:
         help="run this workload only (repeatable): a change's before and after, quicker",
     )
     parser.add_argument("--out", type=Path, default=ROOT / ".bench", help="where results.json and the plots go")
-    parser.add_argument("--topology", default=os.environ.get("REPLICAS_TOPOLOGY", "scaled"))
+    parser.add_argument("--topology", default=chosen())
     args = parser.parse_args()
     settings = SMOKE if args.smoke else Settings()
     if args.only:

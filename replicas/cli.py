@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from . import topology
 from .config import from_env
 from .harness import Harness
 from .system import HarnessError
@@ -18,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="build the base image if needed, boot every host, write the inventory")
     up.add_argument(
         "--topology",
-        default=os.environ.get("REPLICAS_TOPOLOGY", "scaled"),
-        help="topology name in topologies/ or a YAML path (default: scaled)",
+        default=topology.chosen(),
+        help=f"topology name in topologies/ or a YAML path (default: ${topology.TOPOLOGY_ENV}, "
+        f"else {topology.DEFAULTS['topology']})",
     )
     sub.add_parser("down", help="stop every replica and remove all the harness made")
     sub.add_parser("status", help="list the replicas and their systemd state")

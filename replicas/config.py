@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .topology import DEFAULTS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -55,7 +57,7 @@ class Config:
 
 
 def from_env(env: os._Environ[str] | dict[str, str] = os.environ) -> Config:
-    subnet = ipaddress.ip_network(env.get("REPLICAS_SUBNET", "10.77.0.0/24"), strict=True)
+    subnet = ipaddress.ip_network(env.get("REPLICAS_SUBNET", DEFAULTS["subnet"]), strict=True)
     if not isinstance(subnet, ipaddress.IPv4Network) or subnet.prefixlen > 28:
         raise ValueError(f"REPLICAS_SUBNET {subnet} must be an IPv4 network of /28 or larger")
     bridge = env.get("REPLICAS_BRIDGE", "chrepl0")

@@ -8,15 +8,25 @@ read them.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+# What the local stacks take when nothing says otherwise (the Vagrantfile reads it too).
+DEFAULTS_FILE = TOPOLOGY_DIR / "defaults.yml"
+DEFAULTS = yaml.safe_load(DEFAULTS_FILE.read_text())
+# Inventory groups; a host may belong to several.
+GROUPS = tuple(DEFAULTS["groups"])
+# The environment variable naming the topology (the Vagrantfile's too).
+TOPOLOGY_ENV = "CHANNELS_TOPOLOGY"
 
-# Inventory groups (docs/architecture.md, "The parts"); a host may belong to several.
-GROUPS = ("lb", "http", "ws", "redis", "db", "monitoring")
+
+def chosen(env: os._Environ[str] | dict[str, str] = os.environ) -> str:
+    """The topology the local stacks use: CHANNELS_TOPOLOGY, else the default."""
+    return env.get(TOPOLOGY_ENV) or DEFAULTS["topology"]
 
 
 class TopologyError(ValueError):
@@ -90,10 +100,12 @@ def _parse(data: object, source: str) -> Topology:
 def load(name_or_path: str) -> Topology:
     """Load a topology by name (``scaled``) or by path to a YAML file."""
     path = Path(name_or_path)
+    if path.stem == DEFAULTS_FILE.stem and not path.suffix:
+        raise TopologyError(f"{DEFAULTS_FILE.name} holds the local stacks' defaults, not a topology")
     if not path.suffix:
         path = TOPOLOGY_DIR / f"{name_or_path}.yml"
     if not path.is_file():
-        available = ", ".join(sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yml")))
+        available = ", ".join(sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yml") if p != DEFAULTS_FILE))
         raise TopologyError(f"no topology {name_or_path!r} (available: {available})")
     return _parse(yaml.safe_load(path.read_text()), str(path))
 

@@ -25,7 +25,6 @@ stopped. It prints each step's time.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import signal
 import subprocess
@@ -34,8 +33,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import vms
 from replicas.config import from_env
-from tests.vagrant import box, libvirt
+from replicas.topology import DEFAULTS, chosen
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -142,8 +142,8 @@ def fast_stage() -> list[bool]:
 
 def replica_stage() -> list[bool]:
     # The harness drills name the scaled topology's hosts; another topology
-    # (REPLICAS_TOPOLOGY=all-in-one) runs the blueprint's tests only.
-    if os.environ.get("REPLICAS_TOPOLOGY", "scaled") == "scaled":
+    # (CHANNELS_TOPOLOGY=all-in-one) runs the blueprint's tests only.
+    if chosen() == DEFAULTS["topology"]:
         paths = ["tests/replicas"]
     else:
         paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/replicas").glob("test_blueprint_*.py"))
@@ -152,23 +152,6 @@ def replica_stage() -> list[bool]:
     finally:
         # The session fixture brings the stack down too; this covers a killed pytest.
         step("replicas down", [str(VENV_BIN / "python"), "-m", "replicas", "down"])
-
-
-VM_STATE = ROOT / ".vagrant-suite"
-# The VM tests' settings for the Vagrantfile (see its header) and the blueprint tests.
-VM_ENV = {
-    "CHANNELS_TOPOLOGY": "all-in-one",
-    "REPLICAS_TOPOLOGY": "all-in-one",
-    "BLUEPRINT_STACK": "vagrant",
-    "CHANNELS_SUBNET": "10.78.0.0/24",  # not the container replicas' network
-    "CHANNELS_LIBVIRT_DRIVER": "qemu",
-    "CHANNELS_LIBVIRT_POOL": libvirt.POOL,
-    "CHANNELS_MEMORY_DB": "2048",  # everything on one VM
-    "CHANNELS_GRAFANA_INSTALL": "false",  # Grafana's repository is out of reach here
-    "CHANNELS_ANSIBLE_EXTRA_VARS": "vars/local_stacks.yml",
-    "VAGRANT_DEFAULT_PROVIDER": "libvirt",
-    "VAGRANT_DOTFILE_PATH": str(VM_STATE / "dot"),
-}
 
 
 def timed(name: str, action):
@@ -180,13 +163,13 @@ def timed(name: str, action):
 
 
 def vm_stage() -> list[bool]:
-    os.environ.update(VM_ENV)
+    os.environ.update(vms.ENV)
     cfg = from_env()
-    built, _ = timed("box (built once, cached by its recipe)", lambda: box.ensure_box(cfg))
-    timed("vagrant box add", lambda: box.ensure_added(built))
-    os.environ["CHANNELS_BOX"] = box.BOX_NAME
+    built, _ = timed("box (built once, cached by its recipe)", lambda: vms.ensure_box(cfg))
+    timed("vagrant box add", lambda: vms.ensure_added(built))
+    os.environ["CHANNELS_BOX"] = vms.BOX_NAME
     try:
-        timed("libvirt up", vm_libvirt().start)
+        timed("libvirt up", vms.daemon().start)
         paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/replicas").glob("test_blueprint_*.py"))
         # Software emulation: slow, and not part of CI's run; no time limit.
         return [pytest("vm", ["-q", *paths], limited=False)]
@@ -195,14 +178,10 @@ def vm_stage() -> list[bool]:
         vm_down()
 
 
-def vm_libvirt() -> libvirt.Libvirt:
-    return libvirt.Libvirt(VM_STATE, ipaddress.ip_network(VM_ENV["CHANNELS_SUBNET"]), from_env())
-
-
 def vm_down() -> None:
     """Whatever the VM tests left: VMs, then libvirt's daemon, networks and settings (`./stack down`)."""
-    os.environ.update(VM_ENV)
-    daemon = vm_libvirt()
+    os.environ.update(vms.ENV)
+    daemon = vms.daemon()
     if daemon.daemon_pid() is not None:
         step("vagrant destroy", ["vagrant", "destroy", "--force"])
     timed("libvirt down", daemon.stop)

@@ -17,7 +17,7 @@ from pathlib import Path
 import testinfra
 
 from replicas.harness import Harness
-from replicas.topology import Topology
+from replicas.topology import DEFAULTS, Topology
 from tests.ansible_cli import ansible_playbook, venv_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ class VagrantStack:
 
     def __init__(self, topology: Topology, state_dir: Path):
         self.topology = topology
-        self.subnet = ipaddress.ip_network(os.environ.get("CHANNELS_SUBNET", "10.77.0.0/24"))
+        self.subnet = ipaddress.ip_network(os.environ.get("CHANNELS_SUBNET", DEFAULTS["subnet"]))
         self.ssh_config = state_dir / "ssh_config"
         dotfile = Path(os.environ.get("VAGRANT_DOTFILE_PATH", ROOT / ".vagrant"))
         self.inventory = dotfile / "provisioners" / "ansible" / "inventory" / "vagrant_ansible_inventory"
@@ -110,12 +110,19 @@ class VagrantStack:
     def converge(self) -> subprocess.CompletedProcess[str]:
         return self.vagrant("provision")
 
+    @staticmethod
+    def extra_vars() -> list[str]:
+        """The extra vars `vagrant provision` passes, in its order: the Vagrantfile's, then its files
+        (topologies/defaults.yml's, then CHANNELS_ANSIBLE_EXTRA_VARS's). A unit test holds them equal."""
+        extra = []
+        if "CHANNELS_GRAFANA_INSTALL" in os.environ:
+            grafana = {"grafana_install": os.environ["CHANNELS_GRAFANA_INSTALL"] == "true"}
+            extra += ["--extra-vars", json.dumps(grafana)]
+        files = [*DEFAULTS["vagrant_extra_vars"], *extra_vars_files()]
+        return extra + [arg for path in files for arg in ("--extra-vars", f"@{ROOT / 'ansible' / path}")]
+
     def playbook(self, *args: str) -> subprocess.CompletedProcess[str]:
-        # The extra vars `vagrant provision` passes, in its order: the Vagrantfile's, then its files.
-        grafana = {"grafana_install": os.environ.get("CHANNELS_GRAFANA_INSTALL", "true") == "true"}
-        files = ["vars/generated_secrets.yml", "inventories/vagrant/vars.yml", *extra_vars_files()]
-        extra = ["--extra-vars", json.dumps(grafana)]
-        extra += [arg for path in files for arg in ("--extra-vars", f"@{ROOT / 'ansible' / path}")]
+        extra = self.extra_vars()
         # SSH as Vagrant's provisioner sets it up: the machines are new on every `vagrant up`,
         # so their host keys are neither checked nor remembered.
         ssh = {"ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_SSH_COMMON_ARGS": "-o UserKnownHostsFile=/dev/null"}

@@ -20,20 +20,20 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
+import vms
 from bench.load import login
 from bench.pools import role_default, stack_secrets
 from replicas.config import from_env
 from replicas.harness import Harness
-from replicas.topology import load
+from replicas.topology import chosen, load
 from tests.ansible_cli import ansible
-from tests.run import VM_STATE
 from tests.stacks import ReplicaStack, VagrantStack
 
 __all__ = ["ansible"]  # the replica tests import it from here
 
-# The topology under test: scaled by default, REPLICAS_TOPOLOGY=all-in-one for
+# The topology under test: scaled by default, CHANNELS_TOPOLOGY=all-in-one for
 # the single-host stack (see the README). Tests read hosts and groups from it.
-TOPOLOGY_NAME = os.environ.get("REPLICAS_TOPOLOGY", "scaled")
+TOPOLOGY_NAME = chosen()
 TOPOLOGY = load(TOPOLOGY_NAME)
 STACK_KIND = os.environ.get("BLUEPRINT_STACK", "replicas")
 
@@ -107,7 +107,7 @@ def pytest_collection_modifyitems(items):
 def stack():
     """The topology under test, up for the whole session; down at the end even on failure."""
     if STACK_KIND == "vagrant":
-        under_test = VagrantStack(TOPOLOGY, VM_STATE)
+        under_test = VagrantStack(TOPOLOGY, vms.STATE_DIR)
     else:
         under_test = ReplicaStack(Harness(from_env()), TOPOLOGY)
     try:

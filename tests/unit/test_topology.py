@@ -65,3 +65,11 @@ def test_hosts_must_fit_the_subnet():
 def test_unknown_topology_lists_the_known_ones():
     with pytest.raises(TopologyError, match="all-in-one, scaled"):
         topology.load("nope")
+
+
+def test_the_defaults_file_is_not_a_topology_and_names_one():
+    with pytest.raises(topology.TopologyError, match="defaults"):
+        topology.load("defaults")
+    assert topology.load(topology.DEFAULTS["topology"]).hosts
+    assert topology.chosen({}) == topology.DEFAULTS["topology"]
+    assert topology.chosen({"CHANNELS_TOPOLOGY": "all-in-one"}) == "all-in-one"

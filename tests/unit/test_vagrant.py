@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from replicas.topology import load
+from tests.stacks import VagrantStack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,9 +74,10 @@ def test_one_ansible_run_over_all_machines_with_the_topology_groups(tmp_path, to
     assert groups == {group: [h.name for h in topo.group(group)] for group in groups}
     assert set(groups) == {"lb", "http", "ws", "redis", "db", "monitoring"}
     # The gateway rides in the generated inventory (any playbook over it gets it); a boolean
-    # cannot (INI group vars are strings), so grafana_install is an extra var.
+    # cannot (INI group vars are strings), so grafana_install is an extra var, passed only
+    # when CHANNELS_GRAFANA_INSTALL says so (else the grafana role's default).
     assert settings["groups"]["all:vars"] == {"blueprint_vagrant_gateway": "10.77.0.1"}
-    assert settings["extra_vars"] == {"grafana_install": True}
+    assert "extra_vars" not in settings
     # The replicas' generated secrets, then Vagrant's own settings.
     files = settings["raw_arguments"][1::2]
     assert [f.removeprefix("@" + str(ROOT) + "/") for f in files] == [
@@ -142,3 +144,20 @@ def test_validation_catches_a_wrong_provider_setting(tmp_path):
     result = subprocess.run(["vagrant", "validate"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert "cpu_count" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"CHANNELS_GRAFANA_INSTALL": "false", "CHANNELS_ANSIBLE_EXTRA_VARS": "vars/local_stacks.yml"}],
+    ids=["defaults", "settings"],
+)
+def test_other_playbooks_on_the_vms_get_the_extra_vars_the_vagrantfile_passes(tmp_path, monkeypatch, env):
+    """tests/stacks.py runs playbooks over Vagrant's inventory outside Vagrant: same extra vars, same order."""
+    for name in ("CHANNELS_GRAFANA_INSTALL", "CHANNELS_ANSIBLE_EXTRA_VARS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (last,) = (m for m in machines(plan(tmp_path)).values() if "provision" in m["vm"])
+    settings = last["vm"]["provision"]["_each"][0]["value"]
+    passed = ["--extra-vars", json.dumps(settings["extra_vars"])] if "extra_vars" in settings else []
+    assert VagrantStack.extra_vars() == passed + settings["raw_arguments"]

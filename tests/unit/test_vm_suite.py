@@ -14,8 +14,8 @@ import yaml
 
 from replicas import config, host, network
 from replicas.system import HarnessError
-from tests.run import VM_ENV
-from tests.vagrant import box, libvirt
+from vms import ENV as VM_ENV
+from vms import box, libvirt
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = config.from_env({"REPLICAS_CACHE_DIR": "/nonexistent/cache"})

@@ -36,7 +36,7 @@ from replicas.system import HarnessError, log, run
 URI = "qemu:///system"
 SOCKET = Path("/run/libvirt/libvirt-sock")
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
-QEMU_CONF_MARK = "# channels-vagrant-suite: written by tests/vagrant/libvirt.py, removed when it stops"
+QEMU_CONF_MARK = "# channels-vagrant-suite: written by vms/libvirt.py, removed when it stops"
 # Software emulation needs no /dev/kvm; root, because there is no udev to hand devices to another user.
 QEMU_SETTINGS = f"""{QEMU_CONF_MARK}
 user = "root"
