@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import base, cgroups, host, inventory, network
+from . import base, cgroups, host, inventory, network, sysctl
 from .config import Config
 from .system import HarnessError, log, mounts_under, nspawn_pids_for, run, umount_all
 from .topology import Host, Topology, load
@@ -92,6 +92,10 @@ class Harness:
             state["ip_forward_before"] = network.enable_forwarding()
         else:
             network.enable_forwarding()
+        # Linux's default of 128 inotify instances per user runs out at about twelve hosts
+        # ("Failed to create control group inotify object: Too many open files" at boot).
+        state.setdefault("inotify_instances_before", sysctl.INOTIFY_INSTANCES.read_text().strip())
+        sysctl.raise_to(sysctl.INOTIFY_INSTANCES, sysctl.inotify_instances_needed(len(topo.hosts)))
         state.setdefault("hosts", {})
         self.save_state(state)
         network.ensure_bridge(cfg)
@@ -219,6 +223,7 @@ class Harness:
         network.remove_nft(cfg)
         network.remove_bridge(cfg)
         network.restore_forwarding(state.get("ip_forward_before"))
+        sysctl.restore(sysctl.INOTIFY_INSTANCES, state.get("inotify_instances_before"))
         if cfg.inventory_path.exists():
             cfg.inventory_path.unlink()
         if cfg.state_dir.exists() and not mounts_under(cfg.state_dir):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from . import sysctl
 from .config import Config
 from .system import HarnessError, ip_json, log, run
 
@@ -161,12 +162,8 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 def enable_forwarding() -> str:
     """Turn IPv4 forwarding on; returns the previous value so ``down`` can restore it."""
-    previous = IP_FORWARD.read_text().strip()
-    if previous != "1":
-        IP_FORWARD.write_text("1\n")
-    return previous
+    return sysctl.raise_to(IP_FORWARD, 1)
 
 
 def restore_forwarding(previous: str | None) -> None:
-    if previous is not None and previous != IP_FORWARD.read_text().strip():
-        IP_FORWARD.write_text(previous + "\n")
+    sysctl.restore(IP_FORWARD, previous)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from replicas import host as host_mod
-from replicas import network
+from replicas import network, sysctl
 from replicas.config import from_env
 from replicas.harness import Harness
 from replicas.system import HarnessError, mounts_under, nspawn_pids_for
@@ -91,6 +91,13 @@ def test_stop_takes_a_host_away_and_start_brings_it_back(stack, on):
     assert on("redis1", "ping -c1 -W2 redis3").returncode == 0
 
 
+def test_the_inotify_limit_holds_the_stack_while_it_runs(stack, harness):
+    # Every host's systemd, logind and dbus hold inotify instances as root (shared user ids):
+    # Linux's default of 128 per user lets about twelve hosts boot.
+    assert int(sysctl.INOTIFY_INSTANCES.read_text()) >= sysctl.inotify_instances_needed(len(stack.topology.hosts))
+    assert "inotify_instances_before" in harness.load_state()
+
+
 def test_up_again_changes_nothing(stack, harness):
     pids = {name: h["pid"] for name, h in harness.load_state()["hosts"].items()}
     report = harness.up("scaled")
@@ -149,8 +156,10 @@ def test_a_subnet_or_bridge_in_use_stops_up_before_anything_is_made(tmp_path):
 @pytest.mark.last
 def test_down_removes_everything_and_is_idempotent(stack, harness):
     cfg = harness.cfg
+    inotify_before = harness.load_state()["inotify_instances_before"]
     harness.down()
     harness.down()
+    assert sysctl.INOTIFY_INSTANCES.read_text().strip() == inotify_before
     assert mounts_under(cfg.state_dir) == []
     assert not cfg.state_dir.exists()
     assert not cfg.inventory_path.exists()

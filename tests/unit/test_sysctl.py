@@ -1,0 +1,23 @@
+"""The kernel settings the harness raises while its stack runs, and puts back on down."""
+
+from replicas import sysctl
+
+
+def test_a_setting_is_raised_only_when_lower_and_restored_to_what_it_was(tmp_path):
+    setting = tmp_path / "max_user_instances"
+    setting.write_text("128\n")
+    before = sysctl.raise_to(setting, sysctl.inotify_instances_needed(10))
+    assert (before, setting.read_text()) == ("128", "288\n")
+    assert sysctl.raise_to(setting, 200) == "288"
+    assert setting.read_text() == "288\n"
+    sysctl.restore(setting, before)
+    assert setting.read_text() == "128\n"
+    sysctl.restore(setting, None)  # nothing recorded: left alone
+    assert setting.read_text() == "128\n"
+
+
+def test_a_machine_with_a_higher_limit_keeps_it(tmp_path):
+    setting = tmp_path / "max_user_instances"
+    setting.write_text("8192\n")
+    assert sysctl.raise_to(setting, sysctl.inotify_instances_needed(12)) == "8192"
+    assert setting.read_text() == "8192\n"
