@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -51,6 +52,36 @@ def test_every_alert_says_how_bad_and_what_to_check_first(rule):
     assert rule["labels"]["severity"] in {"critical", "warning", "info"}
     assert rule["annotations"]["summary"]
     assert "Check first" in rule["annotations"]["description"]
+
+
+RUNBOOKS = RULES.parents[1] / "docs" / "runbooks.md"
+
+
+def runbook_sections() -> dict[str, str]:
+    """Anchor (as a Markdown renderer makes it from a one-word heading) -> the section's text."""
+    parts = re.split(r"^## (\S+)\n", RUNBOOKS.read_text(), flags=re.M)
+    return {heading.lower(): body for heading, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+@pytest.mark.parametrize("rule", alerts(), ids=lambda rule: rule["alert"])
+def test_every_alert_links_its_runbook_and_the_runbook_answers(rule):
+    path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+    assert path == "docs/runbooks.md"
+    assert anchor == rule["alert"].lower()
+    section = runbook_sections()[anchor]
+    for part in ("**What users see.**", "**Check first.**", "**Mitigate.**"):
+        assert part in section, f"{rule['alert']}: {part}"
+
+
+def test_every_runbook_belongs_to_an_alert():
+    assert set(runbook_sections()) == {rule["alert"].lower() for rule in alerts()}
+
+
+def test_the_role_puts_the_prefix_before_each_runbook(rendered):
+    installed = [r for g in yaml.safe_load((rendered / "rules.yml").read_text())["groups"] for r in g["rules"]]
+    assert {r["annotations"]["runbook_url"] for r in installed} == {
+        f"https://git.example.org/ops/channels/-/blob/main/docs/runbooks.md#{r['alert'].lower()}" for r in alerts()
+    }
 
 
 def test_every_alert_is_tested_firing_and_silent():
