@@ -8,6 +8,7 @@ shown to fail on a broken file, so none of them can pass vacuously.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.debtools import unpacked
+from tests.hardening import BOUNDS, DROP_INS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,10 +134,51 @@ def test_systemd_verify_catches_a_misspelt_hardening_option(systemd_root):
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_units_are_hardened(systemd_root, unit):
-    # systemd's own exposure score (0 = locked down, 10 = unprotected): 4.0 or better.
-    result = run(["systemd-analyze", "security", "--offline=true", f"--root={systemd_root}", "--threshold=40", unit])
+    # systemd's own exposure score (0 = locked down, 10 = unprotected): 2.0 or better.
+    result = run(["systemd-analyze", "security", "--offline=true", f"--root={systemd_root}", "--threshold=20", unit])
     assert result.returncode == 0, result.stdout[-3000:]
     assert "Overall exposure level" in result.stdout
+
+
+@pytest.fixture(scope="session")
+def debian_units() -> Path:
+    packages = sorted({BOUNDS[unit][0] for unit in DROP_INS if BOUNDS[unit][0]})
+    return unpacked(*packages) / "lib/systemd/system"
+
+
+def hardened_root(rendered: Path, debian_units: Path, root: Path) -> Path:
+    """Debian's units as shipped and the blueprint's own, each with the drop-in its role installs."""
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    shutil.copytree(debian_units, root / "lib/systemd/system", symlinks=True)
+    shutil.copy(rendered / "prometheus-redis-exporter-sentinel.service", units)
+    for drop_in in rendered.glob("*.d.conf"):
+        folder = units / drop_in.name.removesuffix(".conf")
+        folder.mkdir()
+        shutil.copy(drop_in, folder / "hardening.conf")
+    return root
+
+
+def exposure(root: Path, unit: str) -> float:
+    result = run(["systemd-analyze", "security", "--offline=true", f"--root={root}", unit])
+    return float(re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)[1])
+
+
+@pytest.mark.parametrize("unit", DROP_INS)
+def test_every_hardened_unit_scores_within_its_bound(rendered, debian_units, tmp_path, unit):
+    root = hardened_root(rendered, debian_units, tmp_path)
+    score = exposure(root, unit)
+    print(f"\nfigure: {unit} exposure offline (Debian's unit and the drop-in): {score}")
+    assert score <= BOUNDS[unit][2]
+    assert run(["systemd-analyze", "verify", "--man=no", f"--root={root}", unit]).stderr.count("Unknown key") == 0
+
+
+def test_the_drop_ins_are_what_lowers_the_scores(rendered, debian_units, tmp_path):
+    bare = tmp_path / "bare"
+    (bare / "etc/systemd/system").mkdir(parents=True)
+    shutil.copytree(debian_units, bare / "lib/systemd/system", symlinks=True)
+    assert exposure(bare, "nginx.service") > BOUNDS["nginx.service"][2]
+    assert exposure(bare, "prometheus-node-exporter.service") > BOUNDS["prometheus-node-exporter.service"][2]
 
 
 def test_nft_accepts_the_rendered_ruleset(rendered):
