@@ -86,8 +86,8 @@ def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, 
     assert lb.service("nginx").is_running
     assert lb.service("nginx").is_enabled
     assert lb.run("nginx -t").rc == 0
-    assert lb.socket("tcp://0.0.0.0:443").is_listening
-    assert lb.socket("tcp://0.0.0.0:80").is_listening
+    assert lb.socket(f"tcp://0.0.0.0:{fact('nginx_https_port')}").is_listening
+    assert lb.socket(f"tcp://0.0.0.0:{fact('nginx_http_port')}").is_listening
     status_port = fact("nginx_status_port")
     assert lb.socket(f"tcp://127.0.0.1:{status_port}").is_listening
     assert "Active connections" in lb.run("curl -s http://127.0.0.1:%s/stub_status", str(status_port)).stdout

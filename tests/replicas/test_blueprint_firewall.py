@@ -16,8 +16,8 @@ from tests.replicas.conftest import TOPOLOGY
 # (group serving, port): groups allowed to connect. "any" = every address.
 # Ports from their owner, the blueprint role's defaults.
 FLOWS = {
-    ("lb", 443): "any",
-    ("lb", 80): "any",
+    ("lb", port_of("blueprint", "nginx_https_port")): "any",
+    ("lb", port_of("blueprint", "nginx_http_port")): "any",
     ("http", port_of("blueprint", "gunicorn_port")): {"lb", "monitoring"},
     ("ws", port_of("blueprint", "daphne_base_port")): {"lb", "monitoring"},
     ("redis", port_of("blueprint", "redis_port")): {"http", "ws", "redis", "monitoring"},

@@ -24,7 +24,7 @@ ADDRESSES = {"lb1": "10.9.0.11", "http1": "10.9.0.21", "ws1": "10.9.0.31", "redi
              "db1": "10.9.0.51", "mon1": "10.9.0.61"}  # fmt: skip
 GROUPS = {"lb": "lb1", "http": "http1", "ws": "ws1", "redis": "redis1", "db": "db1", "monitoring": "mon1"}
 MOVED = {"gunicorn_port": 9000, "daphne_base_port": 9101, "redis_port": 6400, "redis_sentinel_port": 26400,
-         "postgresql_port": 5440}  # fmt: skip
+         "postgresql_port": 5440, "nginx_http_port": 8080, "nginx_https_port": 8443}  # fmt: skip
 SECRETS = ["postgresql_app_password", "redis_password", "redis_sentinel_password", "app_secret_key",
            "app_notify_api_token"]  # fmt: skip
 
@@ -84,6 +84,9 @@ def connections(out: Path) -> dict[str, set[str]]:
         "the postgres exporter reads": set(
             re.findall(r" port=(\d+)", (out / "db1/prometheus-postgres-exporter.env").read_text())
         ),
+        "nginx listens": set(re.findall(r"listen (\d+)[ ;]", nginx)),
+        "nginx redirects to": set(re.findall(r"return 301 https://\$host(\S*)\$request_uri", nginx)),
+        "lb firewall": dports("lb1"),
         "http firewall": dports("http1"),
         "ws firewall": dports("ws1"),
         "redis firewall": dports("redis1"),
@@ -100,8 +103,9 @@ def expected(ports: dict[str, int]) -> dict[str, set[str]]:
     gunicorn = f"{a['http1']}:{ports['gunicorn_port']}"
     daphne = {f"{a['ws1']}:{ports['daphne_base_port'] + n}" for n in range(2)}
     redis, sentinel, db = (str(ports[name]) for name in ("redis_port", "redis_sentinel_port", "postgresql_port"))
-    node, redis_exporter, sentinel_exporter, postgres_exporter = (
-        str(role_default("blueprint", f"exporters_{name}_port")) for name in ("node", "redis", "sentinel", "postgres")
+    node, redis_exporter, sentinel_exporter, postgres_exporter, nginx_exporter, mtail = (
+        str(role_default("blueprint", f"exporters_{name}_port"))
+        for name in ("node", "redis", "sentinel", "postgres", "nginx", "mtail")
     )
     return {
         "gunicorn listens": {gunicorn},
@@ -117,6 +121,9 @@ def expected(ports: dict[str, int]) -> dict[str, set[str]]:
         "the redis exporter reads": {redis},
         "the sentinel exporter reads": {sentinel},
         "the postgres exporter reads": {db},
+        "nginx listens": {str(ports["nginx_http_port"]), str(ports["nginx_https_port"])},
+        "nginx redirects to": {"" if ports["nginx_https_port"] == 443 else f":{ports['nginx_https_port']}"},
+        "lb firewall": {str(ports["nginx_http_port"]), str(ports["nginx_https_port"]), node, nginx_exporter, mtail},
         "http firewall": {str(ports["gunicorn_port"]), node},
         "ws firewall": {port.split(":")[1] for port in daphne} | {node},
         "redis firewall": {redis, sentinel, node, redis_exporter, sentinel_exporter},
