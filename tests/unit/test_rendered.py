@@ -94,6 +94,19 @@ def test_the_rendered_site_routes_as_designed(rendered):
     assert "proxy_connect_timeout 2s;" in site.split("location /ws/", 1)[1].split("}", 1)[0]
 
 
+def test_tls_follows_mozillas_intermediate_profile_and_hsts_waits_for_a_real_certificate(rendered):
+    http = (rendered / "nginx.conf").read_text()
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in http
+    assert "ssl_session_tickets off;" in http
+    suites = http.split("ssl_ciphers ", 1)[1].split(";", 1)[0].split(":")
+    assert suites
+    assert all(s.startswith("ECDHE-") and ("GCM" in s or "CHACHA20" in s) for s in suites)
+    site = (rendered / "channels.conf").read_text()
+    # The sample wiring has no operator certificate: a self-signed one, no HSTS, no stapling.
+    assert "Strict-Transport-Security" not in site
+    assert "ssl_stapling" not in site
+
+
 @pytest.fixture
 def systemd_root(rendered, tmp_path) -> Path:
     """A root holding the rendered units, the distribution's units and stand-ins for the commands they run."""
