@@ -52,6 +52,11 @@ class Config:
     def known_hosts(self) -> Path:
         return self.state_dir / "known_hosts"
 
+    @property
+    def sysctl_record(self) -> Path:
+        """The kernel settings' values before up raised them (replicas/sysctl.py)."""
+        return self.state_dir / "sysctl-before.json"
+
     def host_dir(self, name: str) -> Path:
         return self.state_dir / "hosts" / name
 

@@ -88,14 +88,16 @@ class Harness:
             state = {}
         self._ensure_key()
         state.update(wanted)
-        if "ip_forward_before" not in state:
-            state["ip_forward_before"] = network.enable_forwarding()
-        else:
-            network.enable_forwarding()
-        # Linux's default of 128 inotify instances per user runs out at about twelve hosts
-        # ("Failed to create control group inotify object: Too many open files" at boot).
-        state.setdefault("inotify_instances_before", sysctl.INOTIFY_INSTANCES.read_text().strip())
-        sysctl.raise_to(sysctl.INOTIFY_INSTANCES, sysctl.inotify_instances_needed(len(topo.hosts)))
+        # Forwarding for the bridge; and inotify instances: Linux's default of 128 per user runs
+        # out at about twelve hosts ("Failed to create control group inotify object: Too many
+        # open files" at boot). Both are put back by down.
+        sysctl.raise_all(
+            cfg.sysctl_record,
+            {
+                "net.ipv4.ip_forward": 1,
+                "fs.inotify.max_user_instances": sysctl.inotify_instances_needed(len(topo.hosts)),
+            },
+        )
         state.setdefault("hosts", {})
         self.save_state(state)
         network.ensure_bridge(cfg)
@@ -222,8 +224,7 @@ class Harness:
         cgroups.remove(cfg.cgroup_parent)
         network.remove_nft(cfg)
         network.remove_bridge(cfg)
-        network.restore_forwarding(state.get("ip_forward_before"))
-        sysctl.restore(sysctl.INOTIFY_INSTANCES, state.get("inotify_instances_before"))
+        sysctl.restore_all(cfg.sysctl_record)
         if cfg.inventory_path.exists():
             cfg.inventory_path.unlink()
         if cfg.state_dir.exists() and not mounts_under(cfg.state_dir):

@@ -9,7 +9,6 @@ masquerade limited to their subnet and to the ports package installs need;
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 from . import sysctl
 from .config import Config
@@ -157,13 +156,10 @@ def remove_nft(cfg: Config) -> None:
         run(["nft", "delete", "table", "inet", cfg.nft_table])
 
 
-IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
-
-
 def enable_forwarding() -> str:
-    """Turn IPv4 forwarding on; returns the previous value so ``down`` can restore it."""
-    return sysctl.raise_to(IP_FORWARD, 1)
+    """Turn IPv4 forwarding on; returns the previous value so the caller can restore it."""
+    return sysctl.raise_to(sysctl.IP_FORWARD, 1)
 
 
 def restore_forwarding(previous: str | None) -> None:
-    sysctl.restore(IP_FORWARD, previous)
+    sysctl.restore(sysctl.IP_FORWARD, previous)
