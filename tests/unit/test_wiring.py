@@ -95,6 +95,7 @@ def connections(out: Path) -> dict[str, set[str]]:
         "scraped daphne": {t for t in targets if t.startswith(a["ws1"] + ":") and not t.endswith(":9100")},
         "server name": {"shop.example.org"} & set(re.findall(r"server_name (\S+);", nginx)),
         "the app's hosts": {"shop.example.org"} & set(re.search(r"DJANGO_ALLOWED_HOSTS='([^']*)'", app)[1].split(",")),
+        "the app's trusted origins": set(re.search(r"DJANGO_CSRF_TRUSTED_ORIGINS='([^']*)'", app)[1].split(",")),
     }
 
 
@@ -132,6 +133,10 @@ def expected(ports: dict[str, int]) -> dict[str, set[str]]:
         "scraped daphne": daphne,
         "server name": {"shop.example.org"},
         "the app's hosts": {"shop.example.org"},
+        "the app's trusted origins": {
+            f"https://{name}" + ("" if ports["nginx_https_port"] == 443 else f":{ports['nginx_https_port']}")
+            for name in (a["lb1"], "shop.example.org")
+        },
     }
 
 
