@@ -180,7 +180,12 @@ def site(converged, stack, hosts, secrets, tmp_path_factory):
     cafile.write_text(hosts[first("lb")].file("/etc/nginx/tls/channels.crt").content_string)
     context = ssl.create_default_context(cafile=str(cafile))
     base = f"https://{lb}"
-    client, user_id = login(base, context, "admin", secrets["app_admin_password"])
+    try:
+        client, user_id = login(base, context, "admin", secrets["app_admin_password"])
+    except Exception as exc:
+        # What nginx said about it, in the report (the stack is gone when it is read).
+        log = hosts[first("lb")].run("tail -n 20 /var/log/nginx/error.log").stdout
+        raise RuntimeError(f"the admin's login failed; nginx's error log ends with:\n{log}") from exc
     yield {
         "base": base,
         "ws": f"wss://{lb}",

@@ -86,11 +86,14 @@ def test_the_rendered_site_routes_as_designed(rendered):
     assert "map $http_upgrade $connection_upgrade" in site
     ws_pool = site.split("upstream channels_ws", 1)[1].split("}", 1)[0]
     assert "least_conn;" in ws_pool
+    # Shared by nginx's workers: least_conn over every worker's sockets, failures learned once.
+    assert "zone channels_ws " in ws_pool
     assert ws_pool.count("server 10.77.0.3") == 4
     # Never taken out: nginx would put an instance back only when a WebSocket through it ends.
     assert ws_pool.count("max_fails=0;") == 4
     http_pool = site.split("upstream channels_http", 1)[1].split("}", 1)[0]
     assert "max_fails=3 fail_timeout=10s" in http_pool
+    assert "zone channels_http " in http_pool
     assert "proxy_connect_timeout 2s;" in site.split("location /ws/", 1)[1].split("}", 1)[0]
 
 
