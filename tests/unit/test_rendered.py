@@ -97,6 +97,13 @@ def test_the_rendered_site_routes_as_designed(rendered):
     assert "proxy_connect_timeout 2s;" in site.split("location /ws/", 1)[1].split("}", 1)[0]
 
 
+def test_slow_clients_and_large_bodies_are_bounded_at_the_site(rendered):
+    site = (rendered / "channels.conf").read_text()
+    server = site.split("listen 443 ssl", 1)[1]
+    for line in ("client_max_body_size 1m;", "client_header_timeout 10s;", "client_body_timeout 10s;"):
+        assert line in server, line
+
+
 def test_tls_follows_mozillas_intermediate_profile_and_hsts_waits_for_a_real_certificate(rendered):
     http = (rendered / "nginx.conf").read_text()
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in http
