@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "orders",
     "live",
     "ops",
+    "accounts",
 ]
 
 MIDDLEWARE = [
@@ -176,6 +177,14 @@ WS_DRAIN_SECONDS = env.float("WS_DRAIN_SECONDS", 5.0, minimum=0.5)
 WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=128)
 LIVE_BATCH_INTERVAL = env.int("LIVE_BATCH_INTERVAL_MS", 100, minimum=10) / 1000
 LIVE_GROUP = "live_ticks"
+
+# --- Logins ----------------------------------------------------------------------
+# An account past this many failed logins within the window is refused, password
+# unchecked, until the oldest of them leaves it (accounts/throttle.py); nginx bounds
+# the attempts of each address.
+AUTHENTICATION_BACKENDS = ["accounts.throttle.LoginThrottle", "django.contrib.auth.backends.ModelBackend"]
+LOGIN_FAILURES_PER_ACCOUNT = env.int("LOGIN_FAILURES_PER_ACCOUNT", 5, minimum=1)
+LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1)
 
 # --- HTTP API, health, aggregation, metrics --------------------------------------
 NOTIFY_API_TOKEN = env.str("NOTIFY_API_TOKEN")

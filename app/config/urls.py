@@ -4,13 +4,14 @@ from django.contrib.auth import views as auth_views
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import path
 
+from accounts.views import LoginView
 from notifications.views import notifications_api
 from ops import views as ops_views
 from realtime.views import home
 
 urlpatterns = [
     path("", home, name="home"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/notifications/", notifications_api, name="notifications-api"),
     path("api/aggregate/", ops_views.aggregate, name="aggregate"),

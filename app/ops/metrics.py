@@ -46,6 +46,9 @@ GROUP_SEND_SECONDS = Histogram(
 )
 LAYER_ERRORS = Counter("channel_layer_errors", "Channel layer operations that failed.", ["operation"])
 
+# accounts/throttle.py: an account past its failed logins is refused before its password is checked.
+LOGINS_REFUSED = Counter("logins_refused", "Logins refused before the password was checked, by reason.", ["reason"])
+
 # 1 in every live gunicorn worker: summed, the pool's live workers.
 HTTP_WORKERS = Gauge("gunicorn_workers", "Live gunicorn workers.", multiprocess_mode="livesum")
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests served.", ["view", "method", "status"])
@@ -65,3 +68,4 @@ for _consumer in ("notifications", "orders", "live"):
     for _reason in ("unauthenticated", "connection_limit", "draining"):
         WS_REJECTED.labels(_consumer, _reason)
 WS_REJECTED.labels("not_found", "no_route")
+LOGINS_REFUSED.labels("account_throttled")
