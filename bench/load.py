@@ -51,17 +51,22 @@ class Site:
         return {k: v for k, v in self.__dict__.items() if k != "_ssl"}
 
 
-def login(base: str, context: ssl.SSLContext, username: str, password: str) -> tuple[httpx.Client, int]:
-    """A session logged in through the login form (CSRF included), and the user's id from the home page."""
-    client = httpx.Client(base_url=base, verify=context, timeout=20)
+def login_attempt(client: httpx.Client, username: str, password: str) -> httpx.Response:
+    """One try of the login form (its page fetched for the CSRF token), on a client whose base_url is the site."""
     form = client.get("/accounts/login/")
     form.raise_for_status()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-    answer = client.post(
+    return client.post(
         "/accounts/login/",
-        headers={"Referer": f"{base}/accounts/login/"},
+        headers={"Referer": str(client.base_url.join("/accounts/login/"))},
         data={"username": username, "password": password, "csrfmiddlewaretoken": token},
     )
+
+
+def login(base: str, context: ssl.SSLContext, username: str, password: str) -> tuple[httpx.Client, int]:
+    """A session logged in through the login form (CSRF included), and the user's id from the home page."""
+    client = httpx.Client(base_url=base, verify=context, timeout=20)
+    answer = login_attempt(client, username, password)
     if answer.status_code != 302:
         raise RuntimeError(f"login as {username} answered {answer.status_code}: {answer.text[:500]}")
     user_id = int(re.search(r'data-user-id="(\d+)"', client.get("/").text).group(1))

@@ -104,6 +104,22 @@ def test_slow_clients_and_large_bodies_are_bounded_at_the_site(rendered):
         assert line in server, line
 
 
+def test_handshakes_and_logins_are_limited_per_address_with_429(rendered):
+    site = (rendered / "channels.conf").read_text()
+    server = site.split("listen 443 ssl", 1)[1]
+    assert "limit_req_status 429;" in server
+    assert "limit_conn_status 429;" in server
+    assert "zone=channels_ws_handshakes:10m rate=10r/s;" in site
+    # A burst the size of an address's connections: every socket may come back at once.
+    ws = server.split("location /ws/", 1)[1].split("}", 1)[0]
+    assert "limit_req zone=channels_ws_handshakes burst=200 nodelay;" in ws
+    # Logins: only POSTs to a login form have a key (the others are not counted).
+    assert '"~^POST /(accounts|admin)/login/$" $binary_remote_addr;' in site
+    assert "limit_req_zone $channels_login_client zone=channels_logins:10m rate=10r/m;" in site
+    http = server.split("location / {", 1)[1].split("}", 1)[0]
+    assert "limit_req zone=channels_logins burst=10 nodelay;" in http
+
+
 def test_tls_follows_mozillas_intermediate_profile_and_hsts_waits_for_a_real_certificate(rendered):
     http = (rendered / "nginx.conf").read_text()
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in http
