@@ -464,8 +464,13 @@ async def answer_to(ws, frame) -> str | int:
     return message.get("error") or message.get("type")
 
 
-async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behind(site, hosts, stack, secrets):
-    """1,000 malformed, fragmented, non-UTF-8 and oversized frames: each answered as documented, nothing leaks."""
+async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behind(
+    site, hosts, stack, secrets, client_addresses
+):
+    """1,000 malformed, fragmented, non-UTF-8 and oversized frames: each answered as documented, nothing leaks.
+
+    The users come from the load client's addresses: their ~200 handshakes (a closed socket comes
+    back) from one address in two seconds would meet nginx's handshake rate per address."""
     users = 20
     made = hosts[first("http")].run(
         "echo %s | base64 -d | channels-manage shell --no-imports",
@@ -484,9 +489,9 @@ async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behin
     before = await asyncio.to_thread(daphne_pids)
     wrong, answers = [], {}
 
-    async def fuzz(session: str, frames: int) -> None:
+    async def fuzz(session: str, frames: int, source: str | None) -> None:
         user_site = {**site, "session": session}
-        ws = await open_ws(user_site, "/ws/orders/")
+        ws = await open_ws(user_site, "/ws/orders/", source=source)
         try:
             for number in range(frames):
                 frame, expected = BAD_FRAMES[number % len(BAD_FRAMES)]
@@ -495,12 +500,17 @@ async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behin
                 if got != expected and not (isinstance(expected, tuple) and got in expected):
                     wrong.append((frame if len(str(frame)) < 80 else "<large>", expected, got))
                 if isinstance(got, int):  # closed: the user comes back with a new socket
-                    ws = await open_ws(user_site, "/ws/orders/")
+                    ws = await open_ws(user_site, "/ws/orders/", source=source)
         finally:
             await ws.close()
 
     started = time.monotonic()
-    await asyncio.gather(*(fuzz(session, 1000 // users) for session in sessions))
+    await asyncio.gather(
+        *(
+            fuzz(session, 1000 // users, client_addresses[i % len(client_addresses)])
+            for i, session in enumerate(sessions)
+        )
+    )
     seconds = time.monotonic() - started
     # Handshakes that must be refused: a foreign Origin, a forged session cookie.
     refused = 0
