@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import re
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.replicas.conftest import (
     STACK_KIND,
     changed_app,
+    fact,
     first,
     instance_gauges,
     master_address,
@@ -547,3 +549,113 @@ async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behin
     assert held == []
     async with open_ws(site, "/ws/orders/") as ws:
         assert await pong(ws)
+
+
+# What the malformed-HTTP drill sends (each on a new connection), and the status each must get:
+# nginx refuses what is not HTTP; what is HTTP but wrong reaches the app and gets a 4xx or a page.
+HOST = "Host: {lb}\r\nConnection: close\r\n"
+BAD_REQUESTS = {
+    "not HTTP": (b"GARBAGE\r\n\r\n", 400),
+    "binary": (bytes(range(256)) * 4, 400),
+    "invalid method": (b"G@T / HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 400),
+    "no Host": (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+    "bad Host": (b"GET / HTTP/1.1\r\nHost: evil..example\r\nConnection: close\r\n\r\n", 400),
+    "header over 8k": (b"GET / HTTP/1.1\r\n" + HOST.encode() + b"X-Big: " + b"x" * 9000 + b"\r\n\r\n", 400),
+    "URI over 8k": (b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 414),
+    "bad percent-encoding": (b"GET /%zz HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 400),
+    "path above the root": (b"GET /static/../../../etc/passwd HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 400),
+    "NUL in a header": (b"GET / HTTP/1.1\r\n" + HOST.encode() + b"X-Bad: a\x00b\r\n\r\n", 400),
+    "OPTIONS *": (b"OPTIONS * HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 400),
+    "bad Content-Length": (
+        b"POST /api/notifications/ HTTP/1.1\r\n" + HOST.encode() + b"Content-Length: abc\r\n\r\n",
+        400,
+    ),
+    "Content-Length and chunked": (
+        b"POST /api/notifications/ HTTP/1.1\r\n"
+        + HOST.encode()
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "bad chunk": (
+        b"POST /api/notifications/ HTTP/1.1\r\n" + HOST.encode() + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+        400,
+    ),
+    # HTTP, wrong: the app answers.
+    "foreign Host": (b"GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n", 400),
+    "unknown method": (b"BREW / HTTP/1.1\r\n" + HOST.encode() + b"\r\n", 403),  # unsafe, no CSRF token
+    "bad token, bad JSON": (
+        b"POST /api/notifications/ HTTP/1.1\r\n"
+        + HOST.encode()
+        + b"Authorization: Bearer nope\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{bad}",
+        403,
+    ),
+    "forged cookies": (
+        b"GET / HTTP/1.1\r\n" + HOST.encode() + b"Cookie: sessionid=forged; csrftoken=\xff\xfe\r\n\r\n",
+        200,
+    ),
+    "HTTP/1.0 without Host": (b"GET / HTTP/1.0\r\n\r\n", 200),
+    "HTTP/1.7": (b"GET / HTTP/1.7\r\n" + HOST.encode() + b"\r\n", 200),
+    "header without a colon": (b"GET / HTTP/1.1\r\n" + HOST.encode() + b"NoColonHere\r\n\r\n", 200),
+}
+
+
+async def status_of(site, lb: str, request: bytes) -> int | str:
+    """The status line's code of one request on its own TLS connection, or what went wrong instead."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(lb, fact("nginx_https_port"), ssl=site["ssl"], server_hostname=lb), 15
+        )
+    except (OSError, TimeoutError) as exc:
+        return type(exc).__name__
+    try:
+        writer.write(request.replace(b"{lb}", lb.encode()))
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 15)
+        found = re.match(rb"HTTP/1\.[01] (\d{3}) ", line)
+        return int(found.group(1)) if found else repr(line[:40])
+    except (OSError, TimeoutError) as exc:
+        return type(exc).__name__
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def test_two_thousand_malformed_http_requests_are_each_answered_as_documented(site, hosts, stack):
+    """2,000 malformed HTTP requests through nginx: each its documented 4xx (or page), no 5xx, nothing restarts."""
+    lb = stack.address(first("lb"))
+    units = {
+        **{name: "gunicorn" for name in names("http")},
+        **{name: "nginx" for name in names("lb")},
+    }
+
+    def pids():
+        return {
+            name: hosts[name].run(f"systemctl show -p MainPID,NRestarts --value {unit}").stdout.split()
+            for name, unit in units.items()
+        }
+
+    before = await asyncio.to_thread(pids)
+    cases = list(BAD_REQUESTS.items())
+    gate = asyncio.Semaphore(20)
+
+    async def send(name: str, request: bytes) -> tuple[str, int | str]:
+        async with gate:
+            return name, await status_of(site, lb, request)
+
+    started = time.monotonic()
+    order = [cases[n % len(cases)] for n in range(2000)]
+    answers = await asyncio.gather(*(send(name, request) for name, (request, _) in order))
+    seconds = time.monotonic() - started
+    wrong = collections.Counter((name, status) for name, status in answers if status != BAD_REQUESTS[name][1])
+    totals = collections.Counter(status for _, status in answers)
+    after = await asyncio.to_thread(pids)
+    serves = site["client"].get("/healthz").status_code
+    print(
+        f"\nfigure: drill 2,000 malformed HTTP requests ({len(cases)} kinds) in {seconds:.1f} s: "
+        f"answers {dict(totals)}; answered otherwise than documented {dict(wrong)}; "
+        f"gunicorn and nginx PIDs and restarts unchanged: {before == after}; /healthz {serves}"
+    )
+    assert not wrong
+    assert before == after
+    assert serves == 200
