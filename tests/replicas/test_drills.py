@@ -166,6 +166,20 @@ def rejoined_as_replica(hosts, secrets, name: str) -> bool:
     return role[:1] == ["slave"] and role[-2:-1] == ["connected"]
 
 
+def replication_report(hosts, secrets, victim: str) -> str:
+    """For a failed rejoin: every Redis's ROLE, then the victim's Redis and every Sentinel's last log lines."""
+    lines = [
+        f"{name} ROLE: {' '.join(redis_cli(hosts[name], secrets['redis_password'], 'ROLE').stdout.split())}"
+        for name in names("redis")
+    ]
+    logs = hosts[victim].run("journalctl -u redis-server -n 30 --no-pager -o short-precise").stdout
+    lines.append(f"--- {victim} redis-server\n{logs}")
+    for name in names("redis"):
+        logs = hosts[name].run("journalctl -u redis-sentinel -n 20 --no-pager -o short-precise").stdout
+        lines.append(f"--- {name} redis-sentinel\n{logs}")
+    return "\n".join(lines)
+
+
 @pytest.mark.skipif(len(names("redis")) < 2, reason="a single Redis host has no replica to fail over to")
 async def test_a_redis_master_killed_is_failed_over_and_open_sockets_keep_receiving(site, hosts, secrets, stack):
     """SIGKILL of the master's redis-server (what the OOM killer does), notifications every second."""
@@ -178,7 +192,8 @@ async def test_a_redis_master_killed_is_failed_over_and_open_sockets_keep_receiv
     assert trial["open_after"] == 3
     assert trial["closed"] == []
     # The crashed master comes back (after redis_restart_sec) as the new master's replica, linked.
-    assert await wait_until(lambda: rejoined_as_replica(hosts, secrets, trial["victim"]), 60)
+    rejoined = await wait_until(lambda: rejoined_as_replica(hosts, secrets, trial["victim"]), 60)
+    assert rejoined, await asyncio.to_thread(replication_report, hosts, secrets, trial["victim"])
 
 
 @pytest.mark.skipif(
@@ -198,7 +213,8 @@ async def test_the_redis_masters_host_lost_five_times_in_a_row(site, hosts, secr
             recover=stack.harness.start,
         )
         trials.append(trial)
-        assert await wait_until(lambda victim=trial["victim"]: rejoined_as_replica(hosts, secrets, victim), 90)
+        rejoined = await wait_until(lambda victim=trial["victim"]: rejoined_as_replica(hosts, secrets, victim), 90)
+        assert rejoined, (trials, await asyncio.to_thread(replication_report, hosts, secrets, trial["victim"]))
     for number, trial in enumerate(trials, 1):
         print(f"\nfigure: drill master host lost, trial {number}: {trial}")
     assert all(trial["resumed"] is not None and trial["resumed"] <= 10 for trial in trials), trials
