@@ -42,7 +42,7 @@ def test_postgresql_admits_the_app_role_by_password_and_only_from_the_app_hosts(
     allowed = {
         line.split()[3].removesuffix("/32")
         for line in hba.content_string.splitlines()
-        if line.startswith("host ") and line.split()[1] == "channels"
+        if line.startswith("host ") and line.split()[1:3] == ["channels", "channels"]
     }
     assert allowed == app_hosts
     login = "PGPASSWORD=%s psql -h %s -U channels -d channels -tAc 'select 42'"

@@ -138,12 +138,15 @@ def systemd_root(rendered, tmp_path) -> Path:
     """A root holding the rendered units, the distribution's units and stand-ins for the commands they run."""
     units = tmp_path / "etc/systemd/system"
     units.mkdir(parents=True)
-    for unit in ("gunicorn.service", "daphne@.service"):
+    for unit in ("gunicorn.service", "daphne@.service", "postgresql-backup.service", "postgresql-backup.timer"):
         shutil.copy(rendered / unit, units)
+    # The backup unit's hardening is the drop-in its role installs.
+    (units / "postgresql-backup.service.d").mkdir()
+    shutil.copy(rendered / "postgresql-backup.service.d.conf", units / "postgresql-backup.service.d/hardening.conf")
     shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
-    for unit in units.iterdir():
+    for unit in (u for u in units.iterdir() if u.is_file()):
         for line in unit.read_text().splitlines():
-            if line.startswith(("ExecStart=", "ExecReload=", "ExecStartPre=", "ExecStop=")):
+            if line.startswith(("ExecStart=", "ExecReload=", "ExecStartPre=", "ExecStop=", "ExecStopPost=")):
                 command = tmp_path / line.split("=", 1)[1].lstrip("-+!@:").split()[0].lstrip("/")
                 command.parent.mkdir(parents=True, exist_ok=True)
                 command.write_text("#!/bin/sh\n")
@@ -151,7 +154,7 @@ def systemd_root(rendered, tmp_path) -> Path:
     return tmp_path
 
 
-UNITS = ["gunicorn.service", "daphne@8001.service"]
+UNITS = ["gunicorn.service", "daphne@8001.service", "postgresql-backup.service"]
 
 
 def verify(root: Path) -> subprocess.CompletedProcess[str]:
