@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.replicas.conftest import names
+from tests.replicas.conftest import first, names
 
 # The stack settles after the tests before (a pool stopped by a test comes back, its targets are scraped).
 SETTLE_SECONDS = 180
@@ -80,6 +80,10 @@ def test_a_settled_stack_reads_as_one_table_with_nothing_wrong(calm, stack):
     assert all("sentinels usable" in line for line in masters), masters
     assert any(re.match(r"stack\s+one Redis master\s+redis\d+$", line) for line in table), table
     assert any(re.match(r"stack\s+Prometheus targets up\s+(\d+) of \1$", line) for line in table), table
+    # The backup host's newest dump (the backup tests ran before), younger than the alert's age.
+    dump = r"newest good dump [\d.]+ h old \(at most \d+ h\), \d+ kept, last run ok$"
+    backup = rf"{first('monitoring')}\s+database backup\s+{dump}"
+    assert any(re.match(backup, line) for line in table), table
     # The alerts' part was read: nothing firing, or what fires listed (info ones too, a failover earlier).
     assert any(re.match(r"stack\s+alerts firing\s+none$", line) for line in table) or alerts or info, table
 
