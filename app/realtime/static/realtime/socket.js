@@ -12,6 +12,13 @@
     return Math.round(ceiling / 2 + (random || Math.random)() * ceiling / 2);
   }
 
+  // What the page says of the server's own close codes (realtime/closecodes.py).
+  var REASONS = {
+    4001: "the server is restarting",
+    4009: "a message was too big",
+    4429: "too many open connections for this account: close another tab or window"
+  };
+
   function LiveSocket(path, options) {
     this.path = path;
     this.options = Object.assign({ baseMs: 500, capMs: 30000, onMessage: function () {},
@@ -48,7 +55,8 @@
       // socket at once, so come back after the first step's jitter only.
       var attempt = event.code === 4429 ? 10 : event.code === 4001 ? 0 : self.attempt++;
       var delay = backoffDelay(attempt, self.options.baseMs, self.options.capMs);
-      self.options.onState("reconnecting in " + Math.ceil(delay / 1000) + " s (code " + event.code + ")");
+      var reason = REASONS[event.code] ? ": " + REASONS[event.code] : "";
+      self.options.onState("reconnecting in " + Math.ceil(delay / 1000) + " s (code " + event.code + reason + ")");
       self.timer = setTimeout(function () { self.connect(); }, delay);
     };
   };
