@@ -176,6 +176,18 @@ def serving(hosts, stack, want: int) -> dict[str, float]:
         time.sleep(0.5)
 
 
+def answers_ready(hosts, stack, host: str, port: str, seconds: float = 60) -> bool:
+    """The instance answers /readyz with 200, read from the monitoring host as Prometheus reads it:
+    `systemctl restart` returns once daphne is forked, seconds before it has loaded the app."""
+    probe = "curl -s -o /dev/null -w '%%{http_code}' http://%s:%s/readyz"
+    deadline = time.monotonic() + seconds
+    while hosts[first("monitoring")].run(probe, stack.address(host), port).stdout.strip() != "200":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def test_a_restarted_instance_shows_reconnecting_then_one_socket_and_the_next_toast(context, site, hosts, stack, shots):
     page = open_home(context)
     try:
@@ -185,6 +197,7 @@ def test_a_restarted_instance_shows_reconnecting_then_one_socket_and_the_next_to
         host, port = instance.split(":")
         restarted = hosts[host].run(f"systemctl restart daphne@{port}.service")
         assert restarted.rc == 0, restarted.stderr
+        assert answers_ready(hosts, stack, host, port), f"daphne@{port} on {host} not ready 60 s after its restart"
         state = page.locator('[data-state-for="notifications"]')
         expect(state).to_have_attribute("data-state", "open", timeout=30_000)
         states = page.evaluate("window.__states.notifications")
