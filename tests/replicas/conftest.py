@@ -9,6 +9,7 @@ reset and finally remove the hosts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -101,6 +102,27 @@ def sentinel_failover(hosts, secrets) -> tuple[str, str]:
 def pytest_collection_modifyitems(items):
     # Tests marked `last` tear shared state down; everything else runs first.
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries what the stack logged meanwhile: each host's journal at
+    warning and above since the test started, and the lb's nginx error log (it writes no journal).
+    The stack is gone when a CI report is read; this is what is left of it."""
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.funcargs.get("stack")
+    if report.when != "call" or not report.failed or stack is None:
+        return
+    since = int(call.start) - 1
+    for host in stack.topology.hosts:
+        command = f"journalctl --since @{since} -p warning --no-pager -o short-iso -n 40"
+        if host.name in names("lb"):
+            command += f"; find /var/log/nginx/error.log -newermt @{since} -exec tail -n 20 {{}} +"
+        out = stack.run(host.name, command, timeout=20)
+        logged = (out.stdout + out.stderr).strip()
+        if logged and logged != "-- No entries --":
+            report.sections.append((f"logged on {host.name} during the test", logged))
 
 
 @pytest.fixture(scope="session")
@@ -211,17 +233,24 @@ def open_ws(site, path: str, *, session: bool = True, origin: str | None = None,
     )
 
 
-@pytest.fixture
-def client_addresses(stack):
+@contextlib.contextmanager
+def source_addresses(stack, count: int):
     """Source addresses for a load client: nginx limits connections per address (and must).
 
-    On the replicas, four addresses added to the harness's own bridge for the test;
+    On the replicas, `count` addresses added to the harness's own bridge meanwhile;
     elsewhere the controller's one address (None: the system picks it).
     """
     if STACK_KIND != "replicas":
         yield [None]
         return
-    with stack.harness.client_addresses(4) as addresses:
+    with stack.harness.client_addresses(count) as addresses:
+        yield addresses
+
+
+@pytest.fixture
+def client_addresses(stack):
+    """Four load client addresses for the test (`source_addresses`)."""
+    with source_addresses(stack, 4) as addresses:
         yield addresses
 
 
