@@ -30,6 +30,7 @@ from tests.replicas.conftest import (
     names,
     open_ws,
     redis_cli,
+    source_addresses,
 )
 
 # How often the drills post a notification, and for how long after the fault.
@@ -482,30 +483,91 @@ async def answer_to(ws, frame) -> str | int:
     return message.get("error") or message.get("type")
 
 
-async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behind(
-    site, hosts, stack, secrets, client_addresses
-):
-    """1,000 malformed, fragmented, non-UTF-8 and oversized frames: each answered as documented, nothing leaks.
+# What the fuzz drill's handshakes get wrong in an upgrade to /ws/orders/ otherwise made as a
+# browser makes it (the user's session, the site's Origin), and the status each must get: nginx
+# passes each to daphne, which refuses it (400, 405), or the app does (403).
+WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+WS_VERSION = "Sec-WebSocket-Version: 13\r\n"
+BAD_HANDSHAKES = {
+    "no key": ({"key": ""}, 400),
+    "key not base64": ({"key": "Sec-WebSocket-Key: not-base64!!\r\n"}, 400),
+    "no version (Hixie-76)": ({"version": ""}, 400),
+    "POST": ({"method": "POST"}, 405),
+    "no such endpoint": ({"path": "/ws/no-such-endpoint/"}, 403),
+    "empty subprotocols": ({"extra": "Sec-WebSocket-Protocol: ,,,\r\n"}, 400),
+    "bad extension": ({"extra": "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=99\r\n"}, 400),
+    "no cookie": ({"cookie": None}, 403),
+    "forged session": ({"cookie": "sessionid=forged-session-key"}, 403),
+    "garbage cookie": ({"cookie": "sessionid=\x7f\x01;;=="}, 403),
+    "foreign Origin": ({"origin": "https://evil.example"}, 403),
+    "null Origin": ({"origin": "null"}, 403),
+}
 
-    The users come from the load client's addresses: their ~200 handshakes (a closed socket comes
-    back) from one address in two seconds would meet nginx's handshake rate per address."""
-    users = 20
+
+def handshake(
+    site,
+    session: str,
+    method="GET",
+    path="/ws/orders/",
+    key=WS_KEY,
+    version=WS_VERSION,
+    extra="",
+    cookie: str | None = "",
+    origin: str | None = None,
+) -> bytes:
+    """An upgrade request as bytes, for `status_of`: a browser's, but for what the arguments change
+    (`cookie`: the user's session when left out, None for no Cookie header)."""
+    cookie = f"sessionid={session}" if cookie == "" else cookie
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: {{lb}}\r\nOrigin: {origin or site['base']}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        + key
+        + version
+        + (f"Cookie: {cookie}\r\n" if cookie else "")
+        + extra
+        + ("Content-Length: 0\r\n" if method == "POST" else "")
+        + "\r\n"
+    ).encode("latin-1")
+
+
+FUZZ_USERS, FUZZ_FRAMES, FUZZ_HANDSHAKES = 20, 9_000, 1_000
+
+
+async def test_ten_thousand_malformed_frames_and_handshakes_leave_nothing_behind(site, hosts, stack, secrets):
+    """9,000 malformed, fragmented, non-UTF-8 and oversized frames and 1,000 malformed handshakes
+    (bad keys, versions, methods, subprotocols, extensions, cookies, Origins): each answered as
+    documented, and nothing is left behind: no worker restarted, no slot held, every gauge back
+    to 0, each ws process's memory within 10 % of before (read after a first round of each kind,
+    so that what is read is growth, not the first use of a code path).
+
+    The users come from load client addresses, the handshakes from others: their closed sockets
+    come back (about 1,500 handshakes in 15 s) and from one address they would meet nginx's
+    handshake rate per address."""
     made = hosts[first("http")].run(
         "echo %s | base64 -d | channels-manage shell --no-imports",
-        base64.b64encode(SESSIONS_FOR.format(count=users).encode()).decode(),
+        base64.b64encode(SESSIONS_FOR.format(count=FUZZ_USERS).encode()).decode(),
     )
     sessions = re.findall(r"^session (\S+)$", made.stdout, re.M)
-    assert len(sessions) == users, made.stdout + made.stderr
+    assert len(sessions) == FUZZ_USERS, made.stdout + made.stderr
 
     def daphne_pids():
-        pids = {}
-        for name in names("ws"):
-            out = hosts[name].run("systemctl show -p MainPID,NRestarts --value 'daphne@*'").stdout.split()
-            pids[name] = out
-        return pids
+        return {
+            name: hosts[name].run("systemctl show -p MainPID,NRestarts --value 'daphne@*'").stdout.split()
+            for name in names("ws")
+        }
 
-    before = await asyncio.to_thread(daphne_pids)
-    wrong, answers = [], {}
+    def daphne_rss() -> dict[str, int]:
+        """Resident memory (kB) of each daphne process, by host and PID."""
+        rss = {}
+        for name in names("ws"):
+            each = (
+                "for pid in $(systemctl show -p MainPID --value 'daphne@*'); do echo $pid $(ps -o rss= -p $pid); done"
+            )
+            out = hosts[name].run(each).stdout
+            rss.update({f"{name}:{pid}": int(kb) for pid, kb in re.findall(r"^(\d+) (\d+)$", out, re.M)})
+        return rss
+
+    wrong, answers, statuses = [], collections.Counter(), collections.Counter()
 
     async def fuzz(session: str, frames: int, source: str | None) -> None:
         user_site = {**site, "session": session}
@@ -514,7 +576,7 @@ async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behin
             for number in range(frames):
                 frame, expected = BAD_FRAMES[number % len(BAD_FRAMES)]
                 got = await answer_to(ws, frame)
-                answers[got] = answers.get(got, 0) + 1
+                answers[got] += 1
                 if got != expected and not (isinstance(expected, tuple) and got in expected):
                     wrong.append((frame if len(str(frame)) < 80 else "<large>", expected, got))
                 if isinstance(got, int):  # closed: the user comes back with a new socket
@@ -522,27 +584,45 @@ async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behin
         finally:
             await ws.close()
 
-    started = time.monotonic()
-    await asyncio.gather(
-        *(
-            fuzz(session, 1000 // users, client_addresses[i % len(client_addresses)])
-            for i, session in enumerate(sessions)
+    async def knock(rounds: int, sources: list) -> None:
+        kinds = list(BAD_HANDSHAKES.items())
+        pending = [(i, kinds[i % len(kinds)]) for i in range(rounds)]
+
+        async def one(i, kind) -> None:
+            name, (changes, expected) = kind
+            request = handshake(site, sessions[i % len(sessions)], **changes)
+            got = await status_of(site, lb, request, sources[i % len(sources)])
+            statuses[got] += 1
+            if got != expected:
+                wrong.append((name, expected, got))
+
+        for start in range(0, len(pending), 20):  # 20 at a time
+            await asyncio.gather(*(one(i, kind) for i, kind in pending[start : start + 20]))
+
+    def settled() -> bool:
+        return all(sum(instance_gauges(hosts, stack, c).values()) == 0 for c in ("orders", "notifications"))
+
+    lb = stack.address(first("lb"))
+    before = await asyncio.to_thread(daphne_pids)
+    with source_addresses(stack, 12) as sources:
+        users, knockers = sources[: len(sources) // 2] or sources, sources[len(sources) // 2 :] or sources
+        # A first round of every kind, then the memory the drill is measured against.
+        await asyncio.gather(*(fuzz(s, len(BAD_FRAMES), users[i % len(users)]) for i, s in enumerate(sessions)))
+        await knock(len(BAD_HANDSHAKES) * len(knockers), knockers)
+        await wait_until(settled, 15)
+        rss_before = await asyncio.to_thread(daphne_rss)
+        warm_up = (sum(answers.values()), sum(statuses.values()))
+        answers.clear(), statuses.clear()
+        started = time.monotonic()
+        await asyncio.gather(
+            *(fuzz(s, FUZZ_FRAMES // FUZZ_USERS, users[i % len(users)]) for i, s in enumerate(sessions))
         )
-    )
-    seconds = time.monotonic() - started
-    # Handshakes that must be refused: a foreign Origin, a forged session cookie.
-    refused = 0
-    for _ in range(10):
-        for bad in ({"origin": "https://evil.example"}, {"session": "forged-session-key"}):
-            user_site = {**site, **({"session": bad["session"]} if "session" in bad else {})}
-            try:
-                ws = await open_ws(user_site, "/ws/orders/", origin=bad.get("origin"))
-                await ws.close()
-            except InvalidStatus as exc:
-                refused += exc.response.status_code == 403
-    gauges = await wait_until(
-        lambda: all(sum(instance_gauges(hosts, stack, c).values()) == 0 for c in ("orders", "notifications")), 15
-    )
+        frames_seconds = time.monotonic() - started
+        started = time.monotonic()
+        await knock(FUZZ_HANDSHAKES, knockers)
+        handshakes_seconds = time.monotonic() - started
+    gauges = await wait_until(settled, 15)
+    rss_after = await asyncio.to_thread(daphne_rss)
     master = await asyncio.to_thread(master_address, hosts, secrets, names("redis")[0])
     master_host = next(name for name in names("redis") if stack.address(name) == master)
     slots = redis_cli(hosts[master_host], secrets["redis_password"], "--scan", "--pattern", "wslimit:orders:*")
@@ -552,17 +632,22 @@ async def test_a_thousand_malformed_frames_from_twenty_users_leave_nothing_behin
         if redis_cli(hosts[master_host], secrets["redis_password"], "ZCARD", key).stdout.strip() != "0"
     ]
     after = await asyncio.to_thread(daphne_pids)
+    growth = {pid: round(rss_after.get(pid, 0) / kb, 3) for pid, kb in rss_before.items()}
     print(
-        f"\nfigure: drill 1,000 malformed frames from {users} users in {seconds:.1f} s: answers {answers}; "
-        f"20 bad handshakes, {refused} refused with 403; wrong answers {len(wrong)}; "
-        f"slot sets still holding {len(held)}; gauges back to 0: {gauges}; daphne PIDs and restarts unchanged: "
-        f"{before == after}"
+        f"\nfigure: drill {sum(answers.values()):,} malformed frames from {FUZZ_USERS} users in "
+        f"{frames_seconds:.1f} s and {sum(statuses.values()):,} malformed handshakes in {handshakes_seconds:.1f} s "
+        f"(after a first round of {warm_up[0]} and {warm_up[1]}): answers {dict(answers)}; statuses {dict(statuses)}; "
+        f"wrong answers {len(wrong)} {wrong[:5]}; slot sets still holding {len(held)}; gauges back to 0: {gauges}; "
+        f"daphne PIDs and restarts unchanged: {before == after}; memory after / before per process {growth}"
     )
     assert wrong == []
-    assert refused == 20
+    assert sum(answers.values()) == FUZZ_FRAMES
+    assert sum(statuses.values()) == FUZZ_HANDSHAKES
     assert before == after
     assert gauges
     assert held == []
+    assert len(growth) == len(rss_before) > 0
+    assert all(ratio <= 1.10 for ratio in growth.values()), growth
     async with open_ws(site, "/ws/orders/") as ws:
         assert await pong(ws)
 
@@ -615,11 +700,19 @@ BAD_REQUESTS = {
 }
 
 
-async def status_of(site, lb: str, request: bytes) -> int | str:
-    """The status line's code of one request on its own TLS connection, or what went wrong instead."""
+async def status_of(site, lb: str, request: bytes, source: str | None = None) -> int | str:
+    """The status line's code of one request on its own TLS connection (from `source`, a load
+    client's address), or what went wrong instead."""
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(lb, fact("nginx_https_port"), ssl=site["ssl"], server_hostname=lb), 15
+            asyncio.open_connection(
+                lb,
+                fact("nginx_https_port"),
+                ssl=site["ssl"],
+                server_hostname=lb,
+                local_addr=(source, 0) if source else None,
+            ),
+            15,
         )
     except (OSError, TimeoutError) as exc:
         return type(exc).__name__
