@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import math
 import re
 import secrets as random
@@ -215,3 +216,52 @@ def test_an_account_past_its_failed_logins_is_refused_from_every_address_while_o
     )
     # Another account logs in meanwhile.
     login(site["base"], site["ssl"], "admin", secrets["app_admin_password"])[0].close()
+
+
+def nginx_with(stack, *overrides: str) -> None:
+    """The lb's nginx converged with these role variables (none: the inventory's again). By its
+    tag, not --limit: its upstreams name the ws hosts' endpoints, which only hosts in the run publish."""
+    extra = [arg for name in overrides for arg in ("-e", name)]
+    result = stack.playbook("site.yml", "--tags", "lb", *extra)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_notification_calls_past_a_tokens_rate_are_refused_429_while_the_site_serves(site, stack, limits):
+    """The default is far above what this stack delivers (it bounds a runaway client, not the
+    load), so the test lowers it for itself, then converges the lb back to the inventory's."""
+    default_rate, default_burst = limits["channels_notify"]
+    assert default_rate >= 300, "the notification API's limit must stay above the load it is built for"
+    rate, burst = 2, 5
+    nginx_with(stack, f"nginx_notify_rate={rate}r/s", f"nginx_notify_burst={burst}")
+    try:
+        calls = burst + 15
+        statuses, served = [], []
+        started = time.monotonic()
+        for number in range(calls):
+            answer = site["client"].post(
+                "/api/notifications/",
+                json={"user_id": site["user_id"], "message": f"limit {number}"},
+                headers={"Authorization": f"Bearer {site['token']}"},
+            )
+            statuses.append(answer.status_code)
+            # Meanwhile the site serves everyone else.
+            served.append(site["client"].get("/healthz").status_code)
+        seconds = time.monotonic() - started
+        passed, refused = statuses.count(202), statuses.count(429)
+        time.sleep(1 / rate)
+        after = site["client"].post(
+            "/api/notifications/",
+            json={"user_id": site["user_id"], "message": "after the limit"},
+            headers={"Authorization": f"Bearer {site['token']}"},
+        )
+    finally:
+        nginx_with(stack)
+    print(
+        f"\nfigure: {calls} notification API calls with one token in {seconds:.1f} s (lowered to {rate}/s, burst "
+        f"{burst}; default {default_rate:g}/s, burst {default_burst}): {passed} accepted, {refused} refused 429; "
+        f"the site meanwhile {dict(collections.Counter(served))}; one call {1 / rate:g} s later: {after.status_code}"
+    )
+    assert passed + refused == calls, statuses
+    assert within_rate(passed, rate, burst, seconds), (passed, seconds)
+    assert set(served) == {200}
+    assert after.status_code == 202

@@ -104,7 +104,7 @@ def test_slow_clients_and_large_bodies_are_bounded_at_the_site(rendered):
         assert line in server, line
 
 
-def test_handshakes_and_logins_are_limited_per_address_with_429(rendered):
+def test_handshakes_logins_and_api_calls_are_limited_with_429(rendered):
     site = (rendered / "channels.conf").read_text()
     server = site.split("listen 443 ssl", 1)[1]
     assert "limit_req_status 429;" in server
@@ -118,6 +118,10 @@ def test_handshakes_and_logins_are_limited_per_address_with_429(rendered):
     assert "limit_req_zone $channels_login_client zone=channels_logins:10m rate=10r/m;" in site
     http = server.split("location / {", 1)[1].split("}", 1)[0]
     assert "limit_req zone=channels_logins burst=10 nodelay;" in http
+    # The notification API: per bearer token, only on its POSTs.
+    assert '"~^POST /api/notifications/ (.+)$" $1;' in site
+    assert "limit_req_zone $channels_notify_token zone=channels_notify:10m rate=1000r/s;" in site
+    assert "limit_req zone=channels_notify burst=1000 nodelay;" in http
 
 
 def test_tls_follows_mozillas_intermediate_profile_and_hsts_waits_for_a_real_certificate(rendered):
