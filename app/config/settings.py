@@ -28,6 +28,11 @@ if not SECRET_KEY:
         env.error("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off")
 elif not DEBUG and (len(SECRET_KEY) < 32 or SECRET_KEY.startswith("django-insecure")):
     env.error("DJANGO_SECRET_KEY must be at least 32 random characters in production")
+# Keys SECRET_KEY replaced, still accepted for what they signed (sessions, signed cookies,
+# password reset links) while a rotation settles: see the README's Security section.
+SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", [])
+if not DEBUG and any(len(key) < 32 for key in SECRET_KEY_FALLBACKS):
+    env.error("DJANGO_SECRET_KEY_FALLBACKS must be keys of at least 32 random characters, comma-separated")
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 if not ALLOWED_HOSTS:

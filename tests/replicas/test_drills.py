@@ -13,7 +13,9 @@ import base64
 import collections
 import contextlib
 import json
+import os
 import re
+import subprocess
 import time
 
 import httpx
@@ -308,11 +310,12 @@ def describe(exc: Exception) -> str:
 
 
 class ReconnectingSockets:
-    """`count` anonymous /ws/live/ sockets that reconnect whenever closed (at once, then every 200 ms:
-    the browser client waits 250-500 ms after a 4001; this measures the stack), with every close counted."""
+    """`count` sockets that reconnect whenever closed (at once, then every 200 ms: the browser
+    client waits 250-500 ms after a 4001; this measures the stack), with every close counted.
+    Anonymous /ws/live/ sockets, or with `sessions` each socket logged in with one of them."""
 
-    def __init__(self, site, count: int, sources: list):
-        self.site, self.count, self.sources = site, count, sources
+    def __init__(self, site, count: int, sources: list, path: str = "/ws/live/", sessions: list | None = None):
+        self.site, self.count, self.sources, self.path, self.sessions = site, count, sources, path, sessions
         self.sockets: list = []
         self.closes: list[int] = []
         self.gaps: list[float] = []  # seconds from each close to the next open
@@ -320,7 +323,11 @@ class ReconnectingSockets:
         self.stopping = False
 
     def _open(self, index: int):
-        return open_ws(self.site, "/ws/live/", session=False, source=self.sources[index % len(self.sources)])
+        source = self.sources[index % len(self.sources)]
+        if self.sessions:
+            user_site = {**self.site, "session": self.sessions[index % len(self.sessions)]}
+            return open_ws(user_site, self.path, source=source)
+        return open_ws(self.site, self.path, session=False, source=source)
 
     async def open(self) -> None:
         self.sockets = [await self._open(i) for i in range(self.count)]
@@ -437,6 +444,85 @@ async def test_a_deploy_under_200_sockets_and_40_requests_a_second(site, hosts, 
     assert serving == 200
     assert sum(gauges.values()) == 200, gauges
     assert await wait_until(lambda: sum(instance_gauges(hosts, stack, "live").values()) == 0, 15)
+
+
+async def test_a_secret_key_rotation_rolls_out_keeping_every_session_and_socket(
+    site, hosts, stack, secrets, tmp_path, client_addresses
+):
+    """The README's rotation of DJANGO_SECRET_KEY: the new key in, the old one as a fallback,
+    deploy.yml. Users' sockets move with 4001 as in any deploy and come back logged in, on the same
+    cookies, again after that, and over HTTP; notifications reach them. Then the key is rotated
+    back the same way (the stack's generated key is what the other tests read)."""
+    users = 6
+    made = hosts[first("http")].run(
+        "echo %s | base64 -d | channels-manage shell --no-imports",
+        base64.b64encode(SESSIONS_FOR.format(count=users).encode()).decode(),
+    )
+    sessions = re.findall(r"^session (\S+)$", made.stdout, re.M)
+    assert len(sessions) == users, made.stdout + made.stderr
+    old, new = secrets["app_secret_key"], os.urandom(25).hex()
+
+    def rotate(to: str, fallback: str) -> subprocess.CompletedProcess:
+        values = tmp_path / "rotation.json"  # a file, not the command line: ps shows arguments
+        values.write_text(json.dumps({"vault_app_secret_key": to, "vault_app_secret_key_fallbacks": [fallback]}))
+        values.chmod(0o600)
+        return stack.playbook("deploy.yml", "-e", f"@{values}")
+
+    sockets = ReconnectingSockets(site, users, client_addresses, "/ws/notifications/", sessions)
+    await sockets.open()
+    try:
+        started = time.monotonic()
+        result = await asyncio.to_thread(rotate, new, old)
+        took = time.monotonic() - started
+        await asyncio.sleep(5)  # the last reconnects
+        serving = await sockets.settle()
+        refused = [tries for _, tries in sockets.slow if tries]
+        # The same cookies again, on new sockets, and over HTTP: still logged in.
+        again = []
+        for session in sessions:
+            with contextlib.suppress(InvalidStatus):
+                async with open_ws({**site, "session": session}, "/ws/notifications/") as ws:
+                    again.append(await pong(ws))
+        async with httpx.AsyncClient(base_url=site["base"], verify=site["ssl"]) as client:
+            pages = [
+                (await client.get("/", cookies={"sessionid": session}, follow_redirects=False)).text
+                for session in sessions
+            ]
+        logged_in = sum(f"drill-{n}" in page for n, page in enumerate(pages))
+        # A notification to the first user (its id from its page) reaches its socket.
+        found = re.search(r'id="whoami" data-user-id="(\d+)"', pages[0])
+        assert found, f"drill-0 is not logged in after the rotation: {pages[0][:300]}"
+        user_id = int(found[1])
+        async with open_ws({**site, "session": sessions[0]}, "/ws/notifications/") as ws:
+            async with httpx.AsyncClient(base_url=site["base"], verify=site["ssl"]) as client:
+                posted = await client.post(
+                    "/api/notifications/",
+                    json={"user_id": user_id, "message": "after the rotation"},
+                    headers={"Authorization": f"Bearer {site['token']}"},
+                )
+            async with asyncio.timeout(10):
+                while (message := json.loads(await ws.recv())).get("message") != "after the rotation":
+                    pass
+        delivered = posted.status_code == 202 and message["message"] == "after the rotation"
+    finally:
+        await sockets.close()
+        back = await asyncio.to_thread(rotate, old, new)
+    codes = {code: sockets.closes.count(code) for code in sorted(set(sockets.closes))}
+    print(
+        f"\nfigure: drill SECRET_KEY rotation by deploy.yml under {users} users' sockets: "
+        f"{'completed' if result.returncode == 0 else 'FAILED'} in {took:.0f} s; socket closes by code {codes}; "
+        f"reconnects {len(sockets.gaps)}, refused tries {refused}; {serving}/{users} serving after; "
+        f"the same cookies on new sockets {sum(again)}/{users}, logged in over HTTP {logged_in}/{users}; "
+        f"a notification delivered: {delivered}; rotated back: {back.returncode == 0}"
+    )
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert set(codes) == {4001}, codes
+    assert refused == []
+    assert serving == users
+    assert sum(again) == users
+    assert logged_in == users
+    assert delivered
+    assert back.returncode == 0, back.stdout[-5000:]
 
 
 # Users created on the stack for the fuzz drill, each with a session cookie.

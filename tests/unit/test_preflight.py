@@ -48,3 +48,28 @@ def test_backup_retention_must_keep_the_newest_dump(tmp_path, keep, max_age_hour
     assert passed is passes, output[-2000:]
     if not passes:
         assert "postgresql_backup_keep must be at least 1" in output
+
+
+APP = {
+    "app_secret_key": "k" * 50,
+    "app_database_url": "postgres://app@db/app",
+    "app_redis_sentinels": ["10.0.0.1:26379"],
+    "app_allowed_hosts": ["example.com"],
+}
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "passes"),
+    [
+        ([], True),
+        (["Old0Key1" * 6], True),
+        (["Old0Key1" * 6, "x" * 32], True),
+        (["too-short"], False),
+        (["a,b" + "c" * 40], False),  # DJANGO_SECRET_KEY_FALLBACKS is comma-separated
+        (["it's" + "c" * 40], False),  # the env file quotes values with '
+        (["with space" + "c" * 40], False),
+    ],
+)
+def test_secret_key_fallbacks_must_be_keys_the_env_file_can_carry(tmp_path, fallbacks, passes):
+    passed, output = preflight(tmp_path, "app", {**APP, "app_secret_key_fallbacks": fallbacks})
+    assert passed is passes, output[-2000:]
