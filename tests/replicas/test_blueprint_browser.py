@@ -14,7 +14,8 @@ import time
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
-from websockets.sync.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from tests.replicas.conftest import ROOT, first, instance_gauges
 
@@ -231,19 +232,44 @@ def test_the_client_backs_off_exponentially_with_jitter(context):
         assert len(set(values)) > 10, (attempt, sorted(set(values)))  # jitter: not one delay for everyone
 
 
-def test_a_user_over_the_connection_limit_sees_why(context, site, shots):
+def hold_slot(site) -> ClientConnection | None:
+    """One of the user's notification slots, taken from outside the browser, or None if the server
+    refused it. The handshake alone proves nothing: a refused socket is accepted, then closed with
+    4429, so the socket must answer a ping."""
+    socket = connect(
+        f"{site['ws']}/ws/notifications/",
+        ssl=site["ssl"],
+        origin=site["base"],
+        additional_headers={"Cookie": f"sessionid={site['session']}"},
+        open_timeout=10,
+    )
+    try:
+        socket.send(json.dumps({"type": "ping"}))
+        while json.loads(socket.recv(timeout=10)).get("type") != "pong":
+            pass
+    except ConnectionClosed as closed:
+        if closed.rcvd is not None and closed.rcvd.code == 4429:
+            return None
+        raise
+    except BaseException:
+        socket.close()
+        raise
+    return socket
+
+
+def test_a_user_over_the_connection_limit_sees_why(context, site, hosts, stack, shots):
+    # The earlier tests' pages are closed; their sockets give back gauge then slot, moments later.
+    assert serving(hosts, stack, 0) == {}, "the earlier pages' notification sockets are still open"
     with contextlib.ExitStack() as held:
-        # The user's every slot on the endpoint, taken from outside the browser.
-        for _ in range(PER_USER):
-            held.enter_context(
-                connect(
-                    f"{site['ws']}/ws/notifications/",
-                    ssl=site["ssl"],
-                    origin=site["base"],
-                    additional_headers={"Cookie": f"sessionid={site['session']}"},
-                    open_timeout=10,
-                )
-            )
+        taken, deadline = 0, time.monotonic() + 10
+        while taken < PER_USER:
+            socket = hold_slot(site)
+            if socket is None:
+                assert time.monotonic() < deadline, "a slot was still taken 10 s after the user's last socket closed"
+                time.sleep(0.5)
+                continue
+            held.enter_context(socket)
+            taken += 1
         page = context.new_page()
         try:
             page.goto("/")
