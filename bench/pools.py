@@ -34,10 +34,13 @@ def role_default(role: str, name: str):
     return yaml.safe_load((ROOT / "ansible" / "roles" / role / "defaults" / "main.yml").read_text())[name]
 
 
+# The replicas' generated secrets, one file each (vars/generated_secrets.yml's blueprint_secrets_dir).
+SECRETS_DIR = ROOT / "ansible" / ".secrets" / "replicas"
+
+
 def stack_secrets() -> dict[str, str]:
-    """The replicas' generated secrets (site.yml writes them under ansible/.secrets/replicas)."""
-    folder = ROOT / "ansible" / ".secrets" / "replicas"
-    return {p.name: p.read_text().strip() for p in folder.iterdir()}
+    """The replicas' generated secrets (site.yml writes them on its first run)."""
+    return {p.name: p.read_text().strip() for p in SECRETS_DIR.iterdir()}
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -22,7 +22,11 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bench.pools import SECRETS_DIR
 from tests.replicas.conftest import (
+    MASTER,
+    REDIS_PORT,
+    SENTINEL_PORT,
     STACK_KIND,
     changed_app,
     fact,
@@ -446,6 +450,48 @@ async def test_a_deploy_under_200_sockets_and_40_requests_a_second(site, hosts, 
     assert await wait_until(lambda: sum(instance_gauges(hosts, stack, "live").values()) == 0, 15)
 
 
+# Users created on the stack for the drills, each with a session cookie.
+SESSIONS_FOR = """
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+for n in range({count}):
+    user, _ = get_user_model().objects.get_or_create(username=f"drill-{{n}}")
+    s = SessionStore()
+    s[SESSION_KEY], s[BACKEND_SESSION_KEY] = str(user.pk), "django.contrib.auth.backends.ModelBackend"
+    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    s.create()
+    print("session", s.session_key)
+"""
+
+
+def drill_sessions(hosts, count: int) -> list[str]:
+    """Session cookies of `count` users drill-0... (made if missing), logged in."""
+    made = hosts[first("http")].run(
+        "echo %s | base64 -d | channels-manage shell --no-imports",
+        base64.b64encode(SESSIONS_FOR.format(count=count).encode()).decode(),
+    )
+    sessions = re.findall(r"^session (\S+)$", made.stdout, re.M)
+    assert len(sessions) == count, made.stdout + made.stderr
+    return sessions
+
+
+async def notification_reaches(site, session: str, user_id: int, message: str) -> bool:
+    """A notification posted to the API for `user_id` arrives on a new socket logged in with `session`."""
+    async with open_ws({**site, "session": session}, "/ws/notifications/") as ws:
+        async with httpx.AsyncClient(base_url=site["base"], verify=site["ssl"]) as client:
+            posted = await client.post(
+                "/api/notifications/",
+                json={"user_id": user_id, "message": message},
+                headers={"Authorization": f"Bearer {site['token']}"},
+            )
+        if posted.status_code != 202:
+            return False
+        async with asyncio.timeout(10):
+            while json.loads(await ws.recv()).get("message") != message:
+                pass
+    return True
+
+
 async def test_a_secret_key_rotation_rolls_out_keeping_every_session_and_socket(
     site, hosts, stack, secrets, tmp_path, client_addresses
 ):
@@ -454,12 +500,7 @@ async def test_a_secret_key_rotation_rolls_out_keeping_every_session_and_socket(
     cookies, again after that, and over HTTP; notifications reach them. Then the key is rotated
     back the same way (the stack's generated key is what the other tests read)."""
     users = 6
-    made = hosts[first("http")].run(
-        "echo %s | base64 -d | channels-manage shell --no-imports",
-        base64.b64encode(SESSIONS_FOR.format(count=users).encode()).decode(),
-    )
-    sessions = re.findall(r"^session (\S+)$", made.stdout, re.M)
-    assert len(sessions) == users, made.stdout + made.stderr
+    sessions = drill_sessions(hosts, users)
     old, new = secrets["app_secret_key"], os.urandom(25).hex()
 
     def rotate(to: str, fallback: str) -> subprocess.CompletedProcess:
@@ -492,18 +533,7 @@ async def test_a_secret_key_rotation_rolls_out_keeping_every_session_and_socket(
         # A notification to the first user (its id from its page) reaches its socket.
         found = re.search(r'id="whoami" data-user-id="(\d+)"', pages[0])
         assert found, f"drill-0 is not logged in after the rotation: {pages[0][:300]}"
-        user_id = int(found[1])
-        async with open_ws({**site, "session": sessions[0]}, "/ws/notifications/") as ws:
-            async with httpx.AsyncClient(base_url=site["base"], verify=site["ssl"]) as client:
-                posted = await client.post(
-                    "/api/notifications/",
-                    json={"user_id": user_id, "message": "after the rotation"},
-                    headers={"Authorization": f"Bearer {site['token']}"},
-                )
-            async with asyncio.timeout(10):
-                while (message := json.loads(await ws.recv())).get("message") != "after the rotation":
-                    pass
-        delivered = posted.status_code == 202 and message["message"] == "after the rotation"
+        delivered = await notification_reaches(site, sessions[0], int(found[1]), "after the rotation")
     finally:
         await sockets.close()
         back = await asyncio.to_thread(rotate, old, new)
@@ -525,18 +555,129 @@ async def test_a_secret_key_rotation_rolls_out_keeping_every_session_and_socket(
     assert back.returncode == 0, back.stdout[-5000:]
 
 
-# Users created on the stack for the fuzz drill, each with a session cookie.
-SESSIONS_FOR = """
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
-for n in range({count}):
-    user, _ = get_user_model().objects.get_or_create(username=f"drill-{{n}}")
-    s = SessionStore()
-    s[SESSION_KEY], s[BACKEND_SESSION_KEY] = str(user.pk), "django.contrib.auth.backends.ModelBackend"
-    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    s.create()
-    print("session", s.session_key)
-"""
+def answering(hosts, passwords: dict[str, str]) -> dict[str, int]:
+    """How many Redis servers and how many sentinels answer PING signed in with `passwords`."""
+    return {
+        kind: sum(
+            redis_cli(hosts[name], passwords[key], "PING", port=port).stdout.strip() == "PONG"
+            for name in names("redis")
+        )
+        for kind, key, port in (
+            ("redis", "redis_password", REDIS_PORT),
+            ("sentinel", "redis_sentinel_password", SENTINEL_PORT),
+        )
+    }
+
+
+def redis_settled(hosts, stack, secrets) -> dict:
+    """The channel layer as a failover needs it: one master with every replica linked, every sentinel
+    seeing it, the other sentinels and the replicas, and each exporter signed in."""
+    master = master_address(hosts, secrets, first("redis"))
+    fields = redis_cli(
+        hosts[first("redis")], secrets["redis_sentinel_password"], "SENTINEL", "master", MASTER, port=SENTINEL_PORT
+    ).stdout.split()
+    seen = dict(zip(fields[::2], fields[1::2], strict=False))
+    links = {
+        name: rejoined_as_replica(hosts, secrets, name) for name in names("redis") if stack.address(name) != master
+    }
+    exporters = {
+        f"{name}:{port}": "\nredis_up 1\n"
+        in hosts[first("monitoring")].run("curl -s http://%s:%s/metrics", stack.address(name), str(port)).stdout
+        for name in names("redis")
+        for port in (fact("exporters_redis_port"), fact("exporters_sentinel_port"))
+    }
+    return {
+        "replicas_linked": all(links.values()) and len(links) == len(names("redis")) - 1,
+        "sentinel_flags": seen.get("flags"),
+        "other_sentinels": int(seen.get("num-other-sentinels", -1)),
+        "replicas_seen": int(seen.get("num-slaves", -1)),
+        "exporters_up": [name for name, up in exporters.items() if not up] == [],
+    }
+
+
+async def test_redis_and_sentinel_passwords_rotate_keeping_every_socket(
+    site, hosts, stack, secrets, tmp_path, client_addresses
+):
+    """The README's rotation of the Redis and Sentinel passwords: the new ones in the vault (the
+    replicas' generated secrets), the old ones listed as previous; site.yml --tags redis,exporters
+    (Redis and Sentinel accept both, no socket closes); deploy.yml (the app moves to the new ones,
+    sockets with 4001 as in any deploy); the previous lists emptied, site.yml --tags redis (the old
+    ones refused everywhere, and gone from every file Redis and Sentinel keep)."""
+    users = 6
+    sessions = drill_sessions(hosts, users)
+    old = {name: secrets[name] for name in ("redis_password", "redis_sentinel_password")}
+    new = {name: os.urandom(16).hex() for name in old}
+    previous = tmp_path / "previous.json"  # a file, not the command line: ps shows arguments
+    previous.write_text(json.dumps({f"vault_{name}_previous": [old[name]] for name in old}))
+    previous.chmod(0o600)
+    times = {}
+
+    sockets = ReconnectingSockets(site, users, client_addresses, "/ws/notifications/", sessions)
+    await sockets.open()
+    try:
+        # 1. The new passwords in the vault (their owner here: the generated secrets' files).
+        for name, password in new.items():
+            (SECRETS_DIR / name).write_text(password)
+        secrets.update(new)
+        started = time.monotonic()
+        added = await asyncio.to_thread(stack.playbook, "site.yml", "--tags", "redis,exporters", "-e", f"@{previous}")
+        times["accept both"] = time.monotonic() - started
+        assert added.returncode == 0, added.stdout[-5000:]
+        closed_by_adding = list(sockets.closes)
+        both = {"old": answering(hosts, old), "new": answering(hosts, new)}
+        # 2. The app's pools to the new passwords, one host at a time.
+        started = time.monotonic()
+        deployed = await asyncio.to_thread(stack.playbook, "deploy.yml", "-e", f"@{previous}")
+        times["deploy"] = time.monotonic() - started
+        assert deployed.returncode == 0, deployed.stdout[-5000:]
+        await asyncio.sleep(5)  # the last reconnects
+        # 3. The old passwords dropped.
+        started = time.monotonic()
+        dropped = await asyncio.to_thread(stack.playbook, "site.yml", "--tags", "redis")
+        times["drop old"] = time.monotonic() - started
+        assert dropped.returncode == 0, dropped.stdout[-5000:]
+        serving = await sockets.settle()
+        refused = [tries for _, tries in sockets.slow if tries]
+        after = {"old": answering(hosts, old), "new": answering(hosts, new)}
+        kept_on_disk = {
+            f"{name}:{path}"
+            for name in names("redis")
+            for path in ("/etc/redis/redis.conf", "/etc/redis/sentinel.conf")
+            for password in old.values()
+            if hosts[name].run("grep -qF -- %s %s", password, path).rc == 0
+        }
+        settled = await asyncio.to_thread(redis_settled, hosts, stack, secrets)
+        delivered = await notification_reaches(site, site["session"], site["user_id"], "after the password rotation")
+    finally:
+        await sockets.close()
+    codes = {code: sockets.closes.count(code) for code in sorted(set(sockets.closes))}
+    print(
+        f"\nfigure: drill Redis and Sentinel passwords rotated under {users} users' sockets: "
+        + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in times.items())
+        + f"; socket closes while both were accepted {len(closed_by_adding)}, in all by code {codes}; "
+        f"reconnects {len(sockets.gaps)}, refused tries {refused}; {serving}/{users} serving after; "
+        f"hosts answering with both accepted {both}, after {after}; "
+        f"old passwords left in files: {sorted(kept_on_disk)}; "
+        f"{settled}; a notification delivered: {delivered}"
+    )
+    redis_hosts = len(names("redis"))
+    assert closed_by_adding == []
+    everywhere = {"redis": redis_hosts, "sentinel": redis_hosts}
+    assert both == {"old": everywhere, "new": everywhere}
+    assert set(codes) == {4001}, codes
+    assert refused == []
+    assert serving == users
+    assert after == {"old": {"redis": 0, "sentinel": 0}, "new": everywhere}
+    assert kept_on_disk == set()
+    assert settled == {
+        "replicas_linked": True,
+        "sentinel_flags": "master",
+        "other_sentinels": redis_hosts - 1,
+        "replicas_seen": redis_hosts - 1,
+        "exporters_up": True,
+    }
+    assert delivered
+
 
 # What the fuzz drill sends, and the answer each must get (an error code, or a close code).
 BAD_FRAMES = [
@@ -629,12 +770,7 @@ async def test_ten_thousand_malformed_frames_and_handshakes_leave_nothing_behind
     The users come from load client addresses, the handshakes from others: their closed sockets
     come back (about 1,500 handshakes in 15 s) and from one address they would meet nginx's
     handshake rate per address."""
-    made = hosts[first("http")].run(
-        "echo %s | base64 -d | channels-manage shell --no-imports",
-        base64.b64encode(SESSIONS_FOR.format(count=FUZZ_USERS).encode()).decode(),
-    )
-    sessions = re.findall(r"^session (\S+)$", made.stdout, re.M)
-    assert len(sessions) == FUZZ_USERS, made.stdout + made.stderr
+    sessions = drill_sessions(hosts, FUZZ_USERS)
 
     def daphne_pids():
         return {

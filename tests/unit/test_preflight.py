@@ -73,3 +73,30 @@ APP = {
 def test_secret_key_fallbacks_must_be_keys_the_env_file_can_carry(tmp_path, fallbacks, passes):
     passed, output = preflight(tmp_path, "app", {**APP, "app_secret_key_fallbacks": fallbacks})
     assert passed is passes, output[-2000:]
+
+
+REDIS = {
+    "redis_password": "r" * 32,
+    "redis_sentinel_password": "s" * 32,
+    "redis_sentinel_password_previous": [],
+    "redis_group": "all",
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "passes"),
+    [
+        ({}, True),
+        ({"redis_password_previous": ["OldRedis0Password1"], "redis_sentinel_password_previous": ["x" * 16]}, True),
+        ({"redis_password_previous": ["short"]}, False),
+        ({"redis_sentinel_password_previous": ["with space" + "c" * 16]}, False),
+        ({"redis_password": 'say"hello"' + "c" * 16}, False),  # redis-cli's input quotes with "
+        ({"redis_sentinel_password": "it's" + "c" * 16}, False),  # the env file quotes with '
+        ({"redis_password_previous": ["back\\slash" + "c" * 16]}, False),
+    ],
+)
+def test_redis_passwords_current_and_previous_must_be_ones_every_file_can_carry(tmp_path, values, passes):
+    passed, output = preflight(tmp_path, "redis", {**REDIS, **values})
+    assert passed is passes, output[-2000:]
+    if not passes:
+        assert "without spaces, quotes or backslashes" in output

@@ -1,0 +1,156 @@
+"""The redis and redis_sentinel roles' password tasks (README: Security, rotating the Redis and
+Sentinel passwords), run against a real redis-server and redis-sentinel on loopback: the new
+password beside the old, then the old dropped; nothing changed on a second run; a password Redis
+does not hold refused with what to do. Sentinel's one restart happens on the replicas (the drill
+test_redis_and_sentinel_passwords_rotate_keeping_every_socket): there is no systemd here."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.ansible_cli import ROOT, ansible_playbook
+
+OLD, NEW = "old0Password0Redis0", "new1Password1Redis1"
+SENTINEL_OLD, SENTINEL_NEW = "old0Password0Sentinel", "new1Password1Sentinel"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command: str, conf: Path, lines: list[str]) -> subprocess.Popen:
+    conf.write_text("\n".join(lines) + "\n")
+    process = subprocess.Popen([command, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = int(lines[0].split()[1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise TimeoutError(f"{command} is not listening on {port}")
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """A Redis with OLD, and a Sentinel watching it with SENTINEL_OLD (its line as Sentinel writes it
+    after a first change: the template's requirepass line goes at Sentinel's restart)."""
+    redis_port, sentinel_port = free_port(), free_port()
+    redis = start(
+        "redis-server",
+        tmp_path / "redis.conf",
+        [
+            f"port {redis_port}",
+            "bind 127.0.0.1",
+            f"dir {tmp_path}",
+            'save ""',
+            f"requirepass {OLD}",
+            f"masterauth {OLD}",
+        ],
+    )
+    sentinel = start(
+        "redis-sentinel",
+        tmp_path / "sentinel.conf",
+        [
+            f"port {sentinel_port}",
+            "bind 127.0.0.1",
+            f"dir {tmp_path}",
+            f"user default on >{SENTINEL_OLD} ~* &* +@all",
+            f"sentinel sentinel-pass {SENTINEL_OLD}",
+            f"sentinel monitor channels 127.0.0.1 {redis_port} 1",
+            f"sentinel auth-pass channels {OLD}",
+        ],
+    )
+    yield {"redis": redis_port, "sentinel": sentinel_port, "dir": tmp_path}
+    for process in (sentinel, redis):
+        process.terminate()
+        process.wait(10)
+
+
+def converge(servers, redis: tuple[str, list[str]], sentinel: tuple[str, list[str]]) -> tuple[int, str]:
+    """Both roles' passwords.yml with these (current, previous) passwords: (changed tasks, output)."""
+    folder = servers["dir"]
+    play = folder / "passwords.yml"
+    values = folder / "values.json"  # a file, as a vault would be
+    values.write_text(
+        json.dumps(
+            {
+                "blueprint_files_root": str(ROOT),
+                "redis_port": servers["redis"],
+                "redis_password": redis[0],
+                "redis_password_previous": redis[1],
+                "redis_sentinel_port": servers["sentinel"],
+                "redis_sentinel_password": sentinel[0],
+                "redis_sentinel_password_previous": sentinel[1],
+                "redis_sentinel_master_name": "channels",
+                "redis_sentinel_redis_password": redis[0],
+                "__redis_sentinel_conf": str(folder / "sentinel.conf"),
+            }
+        )
+    )
+    tasks = [
+        {"ansible.builtin.include_role": {"name": str(ROOT / "ansible/roles" / role), "tasks_from": "passwords.yml"}}
+        for role in ("redis", "redis_sentinel")
+    ]
+    play.write_text(json.dumps([{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]))
+    result = ansible_playbook("-i", "localhost,", str(play), "-e", f"@{values}", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return int(re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)", output)[1]), output
+
+
+def accepted(servers) -> dict[str, list[str]]:
+    """The passwords, of OLD, NEW, SENTINEL_OLD and SENTINEL_NEW, each server answers PING with."""
+    candidates = {"OLD": OLD, "NEW": NEW, "SENTINEL_OLD": SENTINEL_OLD, "SENTINEL_NEW": SENTINEL_NEW}
+    return {
+        server: [
+            name
+            for name, password in candidates.items()
+            if subprocess.run(
+                ["redis-cli", "-p", str(servers[server]), "--no-auth-warning", "PING"],
+                env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+            == "PONG"
+        ]
+        for server in ("redis", "sentinel")
+    }
+
+
+def test_a_rotation_accepts_both_then_only_the_new_passwords_and_leaves_no_old_one_in_the_files(servers):
+    changed, _ = converge(servers, (NEW, [OLD]), (SENTINEL_NEW, [SENTINEL_OLD]))
+    assert changed == 4  # Redis: accept, masterauth; Sentinel: accept, use
+    assert accepted(servers) == {"redis": ["OLD", "NEW"], "sentinel": ["SENTINEL_OLD", "SENTINEL_NEW"]}
+    assert f'masterauth "{NEW}"' in (servers["dir"] / "redis.conf").read_text()
+    assert f"sentinel auth-pass channels {NEW}" in (servers["dir"] / "sentinel.conf").read_text()
+    assert f"sentinel sentinel-pass {SENTINEL_NEW}" in (servers["dir"] / "sentinel.conf").read_text()
+
+    assert converge(servers, (NEW, [OLD]), (SENTINEL_NEW, [SENTINEL_OLD]))[0] == 0
+
+    changed, _ = converge(servers, (NEW, []), (SENTINEL_NEW, []))
+    assert changed == 4
+    assert accepted(servers) == {"redis": ["NEW"], "sentinel": ["SENTINEL_NEW"]}
+    files = "".join((servers["dir"] / name).read_text() for name in ("redis.conf", "sentinel.conf"))
+    assert [old for old in (OLD, SENTINEL_OLD) if old in files] == []
+
+    assert converge(servers, (NEW, []), (SENTINEL_NEW, []))[0] == 0
+
+
+def test_a_password_redis_does_not_hold_and_is_not_listed_stops_the_run_with_what_to_do(servers):
+    with pytest.raises(AssertionError, match="list the one it has in vault_redis_password_previous"):
+        converge(servers, (NEW, []), (SENTINEL_OLD, []))
+    assert accepted(servers) == {"redis": ["OLD"], "sentinel": ["SENTINEL_OLD"]}  # untouched
