@@ -570,8 +570,8 @@ def answering(hosts, passwords: dict[str, str]) -> dict[str, int]:
 
 
 def redis_settled(hosts, stack, secrets) -> dict:
-    """The channel layer as a failover needs it: one master with every replica linked, every sentinel
-    seeing it, the other sentinels and the replicas, and each exporter signed in."""
+    """The channel layer as a failover needs it: every replica linked to the master; the first host's
+    sentinel seeing the master, the other sentinels and the replicas; each exporter signed in."""
     master = master_address(hosts, secrets, first("redis"))
     fields = redis_cli(
         hosts[first("redis")], secrets["redis_sentinel_password"], "SENTINEL", "master", MASTER, port=SENTINEL_PORT
