@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 
@@ -104,3 +106,32 @@ def test_nginx_is_valid_serves_tls_and_keeps_stub_status_on_loopback(converged, 
     }
     listed = re.findall(r"server (\S+:\d+)", upstream)
     assert sorted(listed) == sorted(expected)
+
+
+@pytest.mark.parametrize(("group", "port"), [("http", GUNICORN_PORT), ("ws", DAPHNE_BASE_PORT)])
+def test_the_apps_errors_reach_the_journal_at_their_priority(converged, hosts, stack, group, port):
+    """A request with a Host the site does not answer to is logged by Django at ERROR: the line is
+    in the unit's journal at priority err, as JSON (config/logging.py), where `journalctl -p` finds it."""
+    name = first(group)
+    host = hosts[name]
+    unit = "gunicorn" if group == "http" else f"daphne@{port}"
+    since = host.run("date +%s").stdout.strip()
+    bad = "not-allowed.invalid"
+    status = host.run(
+        "curl -s -o /dev/null -w '%%{http_code}' -H %s http://%s:%s/healthz",
+        f"Host: {bad}",
+        stack.address(name),
+        str(port),
+    )
+    assert status.stdout == "400", status.stdout + status.stderr
+    deadline = time.monotonic() + 10
+    while True:
+        logged = host.run("journalctl -u %s --since @%s -p err --no-pager -o cat", unit, since).stdout
+        lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+        found = [line for line in lines if bad in line["message"]]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert found, f"no error about the Host header in {unit}'s journal at priority err: {logged[-2000:]}"
+    assert found[0]["level"] == "ERROR"
+    assert found[0]["logger"] == "django.security.DisallowedHost"
