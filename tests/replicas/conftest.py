@@ -107,7 +107,8 @@ def pytest_collection_modifyitems(items):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A failed test's report carries what the stack logged meanwhile: each host's journal at
-    warning and above since the test started, and the lb's nginx error log (it writes no journal).
+    warning and above since the test started, and the lb's nginx error and access logs (it writes
+    no journal; the access log says what each request got: a 499 is a client that gave up waiting).
     The stack is gone when a CI report is read; this is what is left of it."""
     outcome = yield
     report = outcome.get_result()
@@ -118,7 +119,8 @@ def pytest_runtest_makereport(item, call):
     for host in stack.topology.hosts:
         command = f"journalctl --since @{since} -p warning --no-pager -o short-iso -n 40"
         if host.name in names("lb"):
-            command += f"; find /var/log/nginx/error.log -newermt @{since} -exec tail -n 20 {{}} +"
+            for log in ("error.log", "access.log"):
+                command += f"; find /var/log/nginx/{log} -newermt @{since} -exec tail -n 20 {{}} +"
         out = stack.run(host.name, command, timeout=20)
         logged = (out.stdout + out.stderr).strip()
         if logged and logged != "-- No entries --":
