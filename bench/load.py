@@ -22,7 +22,7 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from bench.pools import cpu_seconds
+from bench.pools import cpu_by_pid, cpu_spent
 
 
 @dataclass
@@ -302,10 +302,15 @@ def live_frames(window_of) -> callable:
 
 
 class Requests:
-    """Requests at a steady rate from one source address; status of each and when its answer came."""
+    """Requests at a steady rate, spread over the client's source addresses; status of each and when its answer came.
 
-    def __init__(self, site: Site, source: str | None):
-        self.site, self.source = site, source
+    Spread, because the raw baseline's notify endpoint sits under /ws/, where nginx
+    limits requests per address (nginx_ws_handshake_rate): from one address the raw
+    side would measure that limit. Both sides' requests take the same path.
+    """
+
+    def __init__(self, site: Site, sources: list[str]):
+        self.site, self.sources = site, sources or [None]
 
     async def run(self, rate: float, count: int, request) -> tuple[dict[int, float], dict]:
         """`request(client, i)` `count` times at `rate`/s: (sent time by i, answers by status)."""
@@ -321,11 +326,20 @@ class Requests:
             statuses[status] = statuses.get(status, 0) + 1
 
         limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
-        transport = httpx.AsyncHTTPTransport(verify=self.site.ssl, local_address=self.source, limits=limits)
-        async with httpx.AsyncClient(base_url=self.site.base, transport=transport, timeout=10) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=self.site.base,
+                        transport=httpx.AsyncHTTPTransport(verify=self.site.ssl, local_address=source, limits=limits),
+                        timeout=10,
+                    )
+                )
+                for source in self.sources
+            ]
             tasks, start = [], time.monotonic()
             for i in range(count):
-                tasks.append(asyncio.create_task(one(client, i)))
+                tasks.append(asyncio.create_task(one(clients[i % len(clients)], i)))
                 await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
             await asyncio.gather(*tasks)
         return sent, statuses
@@ -335,8 +349,8 @@ class Requests:
 def client_cpu(workers: list[int] = ()):
     """The client's CPU seconds over the block, its worker processes' included: {"seconds": ...} once it ends."""
     spent = {}
-    started, workers_before = time.process_time(), cpu_seconds(workers)
+    started, workers_before = time.process_time(), cpu_by_pid(workers)
     try:
         yield spent
     finally:
-        spent["seconds"] = time.process_time() - started + cpu_seconds(workers) - workers_before
+        spent["seconds"] = time.process_time() - started + cpu_spent(workers_before, cpu_by_pid(workers))

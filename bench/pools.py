@@ -43,15 +43,27 @@ def stack_secrets() -> dict[str, str]:
     return {p.name: p.read_text().strip() for p in SECRETS_DIR.iterdir()}
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (utime + stime) of each process of `pids` still there."""
+    seconds = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS_PER_SECOND
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+    return seconds
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings of cpu_by_pid.
+
+    A process started meanwhile counts whole. One that ended meanwhile (a gunicorn
+    worker replaced after --max-requests, the publisher) is not counted at all: what
+    it spent since the first reading is gone with it, and subtracting what it had
+    spent before would make the figure smaller, even negative.
+    """
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def pss_kib(pids: list[int]) -> int:

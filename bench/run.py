@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
 from bench.load import Fleet, Requests, Site, Sockets, Window, client_cpu, percentile
-from bench.pools import Pool, cpu_seconds, pss_kib, role_default
+from bench.pools import Pool, cpu_by_pid, cpu_spent, pss_kib, role_default
 
 BOUND_MS = 250  # p95 delivery of a broadcast
 CALM_SECONDS = 5  # after closing a workload's sockets, before the next one opens its own
@@ -63,19 +63,19 @@ class Measure:
 
     async def around(self, action, client_workers: list[int] = ()) -> tuple[object, dict]:
         pool_pids, stack_pids = await asyncio.to_thread(lambda: (self.pool.pids(), self.pool.replica_pids()))
-        before = await asyncio.to_thread(lambda: (cpu_seconds(pool_pids), cpu_seconds(stack_pids)))
+        before = await asyncio.to_thread(lambda: (cpu_by_pid(pool_pids), cpu_by_pid(stack_pids)))
         started = time.monotonic()
         with client_cpu(client_workers) as client:
             result = await action()
         seconds = time.monotonic() - started
-        # Processes started meanwhile count whole; one that ended meanwhile (the publisher) is not read.
+        # Processes started meanwhile count whole; one that ended meanwhile (the publisher) is not read (cpu_spent).
         stack_pids = sorted({*stack_pids, *await asyncio.to_thread(self.pool.replica_pids)})
-        after = await asyncio.to_thread(lambda: (cpu_seconds(pool_pids), cpu_seconds(stack_pids)))
+        after = await asyncio.to_thread(lambda: (cpu_by_pid(pool_pids), cpu_by_pid(stack_pids)))
         return result, {
             "seconds": round(seconds, 1),
             "pool_processes": len(pool_pids),
-            "pool_cpu_s": round(after[0] - before[0], 2),
-            "stack_cpu_s": round(after[1] - before[1], 2),
+            "pool_cpu_s": round(cpu_spent(before[0], after[0]), 2),
+            "stack_cpu_s": round(cpu_spent(before[1], after[1]), 2),
             "client_cpu_pct": round(100 * client["seconds"] / seconds, 1),
         }
 
@@ -209,7 +209,7 @@ async def notify(pool, measure, site, sources, settings: Settings, counters: Red
             before = await asyncio.to_thread(counters.read)
 
             async def run(count=count, received=received, per_second=per_second, request=request):
-                sent, statuses = await Requests(site, sources[-1]).run(per_second, count, request)
+                sent, statuses = await Requests(site, sources).run(per_second, count, request)
                 deadline = time.monotonic() + 5
                 while len(received) < sum(n for s, n in statuses.items() if s in (200, 202)):
                     if time.monotonic() > deadline:
@@ -254,9 +254,9 @@ async def idle(pool, site, sources, settings: Settings, report) -> dict:
 
     async def cpu_percent() -> float:
         pids = await asyncio.to_thread(pool.pids)
-        before, started = cpu_seconds(pids), time.monotonic()
+        before, started = cpu_by_pid(pids), time.monotonic()
         await asyncio.sleep(settings.seconds)
-        return round(100 * (cpu_seconds(pids) - before) / (time.monotonic() - started), 2)
+        return round(100 * cpu_spent(before, cpu_by_pid(pids)) / (time.monotonic() - started), 2)
 
     await asyncio.to_thread(pool.restart)
     await asyncio.sleep(CALM_SECONDS)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 
 from bench import report
 from bench.load import Site, Window, live_frames, percentile
-from bench.pools import role_default
+from bench.pools import cpu_by_pid, cpu_spent, role_default
 from bench.run import BOUND_MS, SMOKE, Settings, held, sources_needed
 
 
@@ -113,3 +114,18 @@ def test_a_site_crosses_to_the_clients_worker_processes_and_builds_its_tls_conte
         "t",
     )
     assert "_ssl" not in copy.__dict__
+
+
+def test_cpu_spent_counts_a_new_process_whole_and_never_goes_negative_when_one_ends():
+    # A gunicorn worker replaced after --max-requests mid-step: the old one (pid 2) is gone
+    # with its 40 s, the new one (pid 4) started meanwhile.
+    before = {1: 10.0, 2: 40.0, 3: 5.0}
+    after = {1: 10.5, 3: 5.25, 4: 0.5}
+    assert cpu_spent(before, after) == 1.25
+    assert cpu_spent(before, {}) == 0
+
+
+def test_cpu_by_pid_reads_live_processes_and_skips_gone_ones():
+    seconds = cpu_by_pid([os.getpid(), 2**22 + 1])
+    assert list(seconds) == [os.getpid()]
+    assert seconds[os.getpid()] >= 0
