@@ -58,8 +58,9 @@ def cpu_by_pid(pids: list[int]) -> dict[int, float]:
 def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds spent between two readings of cpu_by_pid.
 
-    A process started meanwhile counts whole. One that ended meanwhile (a gunicorn
-    worker replaced after --max-requests, the publisher) is not counted at all: what
+    A process started meanwhile counts whole. One that ended meanwhile (the publisher,
+    a PostgreSQL backend closed at its age, a gunicorn worker replaced after
+    --max-requests) is not counted at all: what
     it spent since the first reading is gone with it, and subtracting what it had
     spent before would make the figure smaller, even negative.
     """

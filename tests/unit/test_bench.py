@@ -117,8 +117,9 @@ def test_a_site_crosses_to_the_clients_worker_processes_and_builds_its_tls_conte
 
 
 def test_cpu_spent_counts_a_new_process_whole_and_never_goes_negative_when_one_ends():
-    # A gunicorn worker replaced after --max-requests mid-step: the old one (pid 2) is gone
-    # with its 40 s, the new one (pid 4) started meanwhile.
+    # A process replaced mid-step (a database backend closed at its age, a gunicorn worker
+    # after --max-requests): the old one (pid 2) is gone with its 40 s, the new one (pid 4)
+    # started meanwhile.
     before = {1: 10.0, 2: 40.0, 3: 5.0}
     after = {1: 10.5, 3: 5.25, 4: 0.5}
     assert cpu_spent(before, after) == 1.25
