@@ -36,6 +36,12 @@ These traps decide the values below (all seen on this stack):
   timeout, the test client's 1 s), and a second cancellation lost the same
   way left it reading forever. Every connection here raises such a dropped
   cancellation again after the write (``CancellationKeepingConnection``).
+* With several shards (``hosts`` entries), channels_redis 4.3's ``send`` to a
+  process's channel (``specific.abc!xyz``) picks the shard by the whole name,
+  while the process reads from the shard of ``specific.abc!`` (as
+  ``group_send`` writes): on a two-shard layer 8 of 20 direct sends were never
+  read (the readiness check's round trip is one). The layer hashes the
+  process's part of such a name only (``FailoverAwareChannelLayer.consistent_hash``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import contextvars
 import time
 
 from channels_redis.core import RedisChannelLayer
+from channels_redis.utils import _consistent_hash
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
@@ -179,11 +186,32 @@ class FailoverAwareSSLConnection(FailoverAwareConnection, SentinelManagedSSLConn
     pass
 
 
-def layer_host(spec: dict) -> dict:
-    """One channels_redis ``hosts`` entry for a Redis spec from settings.
+def shard_specs(spec: dict) -> list[dict]:
+    """The single-master specs of a Redis spec from settings, one per shard.
 
-    All sentinels go in ONE entry: several entries would shard the layer over
-    several (here: identical) masters.
+    A Sentinel spec names its shards' masters in ``master_names`` (every shard
+    watched by the same sentinels), a URL spec its servers in ``urls``. The
+    channel layer shards over them in this order, so the order is part of the
+    data's layout: reordering, adding or removing one moves groups and channels
+    to other shards.
+    """
+    for many, one in (("master_names", "master_name"), ("urls", "url")):
+        if spec.get(many):
+            single = {key: value for key, value in spec.items() if key != many}
+            return [{**single, one: value} for value in spec[many]]
+    return [spec]
+
+
+def shard_of(key: str, shards: int) -> int:
+    """Which shard holds a key: the channel layer's own hash, so the app's keys spread as its groups do."""
+    return _consistent_hash(key, shards)
+
+
+def layer_host(spec: dict) -> dict:
+    """One channels_redis ``hosts`` entry for a single-master spec (one of ``shard_specs``).
+
+    All of a master's sentinels go in ONE entry: several entries would shard the
+    layer over several (here: identical) masters.
     """
     options = connection_options(spec["socket_timeout"], spec["retry_seconds"])
     if spec["mode"] == "url":
@@ -224,6 +252,12 @@ class FailoverAwareChannelLayer(RedisChannelLayer):
 
     brpop_timeout = BLOCKING_READ_SECONDS
 
+    def consistent_hash(self, value):
+        # A process's channel lives on the shard its reader reads (see the module's docstring).
+        if isinstance(value, str) and "!" in value:
+            value = self.non_local_name(value)
+        return super().consistent_hash(value)
+
     async def group_add_many(self, group: str, channels: list[str]) -> None:
         """group_add for many channels at once: one ZADD and one EXPIRE, where group_add costs both per channel."""
         assert self.require_valid_group_name(group), "Group name not valid"
@@ -242,10 +276,10 @@ class FailoverAwareChannelLayer(RedisChannelLayer):
 
 
 def channel_layer(spec: dict, **options) -> dict:
-    """The CHANNEL_LAYERS entry for a Redis spec: channels_redis with one hosts entry."""
+    """The CHANNEL_LAYERS entry for a Redis spec: channels_redis with one hosts entry per shard."""
     return {
         "BACKEND": "config.redis.FailoverAwareChannelLayer",
-        "CONFIG": {"hosts": [layer_host(spec)], **options},
+        "CONFIG": {"hosts": [layer_host(shard) for shard in shard_specs(spec)], **options},
     }
 
 

@@ -128,7 +128,8 @@ _timeouts = {
 if _layer == "redis":
     if not env.raw("REDIS_URL"):
         env.error("CHANNEL_LAYER=redis needs REDIS_URL (redis://[:password@]host:6379/0)")
-    REDIS = {"mode": "url", "url": env.str("REDIS_URL", "redis://localhost:6379/0"), **_timeouts}
+    # Several URLs, comma-separated, shard the layer over those servers: keep their order.
+    REDIS = {"mode": "url", "urls": env.list("REDIS_URL") or ["redis://localhost:6379/0"], **_timeouts}
 elif _layer == "sentinel":
     try:
         _sentinels = redis_conf.parse_sentinels(env.list("REDIS_SENTINELS"))
@@ -140,7 +141,8 @@ elif _layer == "sentinel":
     REDIS = {
         "mode": "sentinel",
         "sentinels": _sentinels,
-        "master_name": env.str("REDIS_SENTINEL_MASTER", "channels"),
+        # Several names shard the layer, one master (and its replicas) each: keep their order.
+        "master_names": env.list("REDIS_SENTINEL_MASTER") or ["channels"],
         "password": env.str("REDIS_PASSWORD"),
         "sentinel_password": env.str("REDIS_SENTINEL_PASSWORD"),
         "db": env.int("REDIS_DB", 0, minimum=0),
@@ -149,6 +151,10 @@ elif _layer == "sentinel":
     }
 elif _layer != "memory":
     env.error(f"CHANNEL_LAYER={_layer!r} is not one of memory, redis, sentinel")
+if REDIS is not None:
+    _shards = REDIS.get("master_names") or REDIS.get("urls")
+    if len(set(_shards)) != len(_shards):
+        env.error(f"a channel-layer shard is listed twice: {','.join(_shards)}")
 
 if REDIS is None:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

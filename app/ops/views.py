@@ -52,11 +52,17 @@ async def check_channel_layer() -> dict:
 async def check_redis() -> dict:
     if not redis_client.configured():
         return {"skipped": "no Redis configured (in-memory channel layer)"}
-    client = redis_client.new_client()
+    roles = [await _redis_role(shard) for shard in range(redis_client.shard_count())]
+    return {"role": roles[0]} if len(roles) == 1 else {"roles": roles}
+
+
+async def _redis_role(shard: int) -> str | None:
+    """One shard's master answers, as its replication role says."""
+    client = redis_client.new_client(shard)
     try:
         await client.ping()
         info = await client.info("replication")
-        return {"role": info.get("role")}
+        return info.get("role")
     finally:
         await client.aclose()
 

@@ -14,6 +14,7 @@ import time
 
 from django.conf import settings
 
+from config.redis import shard_of
 from realtime import redis_client
 
 # KEYS[1] slot set; ARGV: member, limit, ttl seconds. Returns 1 if the slot is held.
@@ -67,27 +68,40 @@ def _limit(force: bool) -> int:
 
 
 class RedisSlots:
+    """Slots in Redis; with a sharded layer, each user's set on the shard its key hashes to."""
+
     async def acquire(self, endpoint: str, user_id: int, member: str, *, force: bool = False) -> bool:
-        client = redis_client.shared_client()
-        held = await client.eval(
-            _ACQUIRE, 1, _key(endpoint, user_id), member, _limit(force), settings.WS_CONNECTION_SLOT_TTL
+        key = _key(endpoint, user_id)
+        held = await redis_client.client_for(key).eval(
+            _ACQUIRE, 1, key, member, _limit(force), settings.WS_CONNECTION_SLOT_TTL
         )
         return bool(held)
 
     async def renew(self, held: list[Slot]) -> list[bool]:
-        """Renew the slots of a process's open sockets (a round trip per RENEW_BATCH); which were still held."""
-        client = redis_client.shared_client()
-        kept: list[bool] = []
-        for start in range(0, len(held), RENEW_BATCH):
-            batch = held[start : start + RENEW_BATCH]
-            keys = [_key(endpoint, user_id) for endpoint, user_id, _ in batch]
-            members = [member for _, _, member in batch]
-            answers = await client.eval(_RENEW, len(keys), *keys, settings.WS_CONNECTION_SLOT_TTL, *members)
-            kept += [bool(answer) for answer in answers]
+        """Renew a process's open sockets' slots (a round trip per shard and RENEW_BATCH); which were still held."""
+        clients = redis_client.shared_clients()
+        keys = [_key(endpoint, user_id) for endpoint, user_id, _ in held]
+        by_shard: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            by_shard.setdefault(shard_of(key, len(clients)), []).append(index)
+        kept = [False] * len(held)
+        for shard, indexes in by_shard.items():
+            for start in range(0, len(indexes), RENEW_BATCH):
+                batch = indexes[start : start + RENEW_BATCH]
+                answers = await clients[shard].eval(
+                    _RENEW,
+                    len(batch),
+                    *[keys[i] for i in batch],
+                    settings.WS_CONNECTION_SLOT_TTL,
+                    *[held[i][2] for i in batch],
+                )
+                for index, answer in zip(batch, answers, strict=True):
+                    kept[index] = bool(answer)
         return kept
 
     async def release(self, endpoint: str, user_id: int, member: str) -> None:
-        await redis_client.shared_client().zrem(_key(endpoint, user_id), member)
+        key = _key(endpoint, user_id)
+        await redis_client.client_for(key).zrem(key, member)
 
 
 class LocalSlots:

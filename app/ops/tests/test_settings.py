@@ -21,6 +21,7 @@ PRINT_CONFIG = (
     "layer = s.CHANNEL_LAYERS['default']; h = layer.get('CONFIG', {}).get('hosts', [{}]); "
     "print(json.dumps({'db': s.DATABASES['default']['ENGINE'], 'backend': layer['BACKEND'], "
     "'hosts': len(h), 'sentinels': h[0].get('sentinels'), 'master': h[0].get('master_name'), "
+    "'masters': [x.get('master_name') for x in h], "
     "'socket_timeout': h[0].get('socket_timeout'), "
     "'conn': getattr(h[0].get('connection_class'), '__name__', None), "
     "'sentinel_password': h[0].get('sentinel_kwargs', {}).get('password'), 'debug': s.DEBUG}))"
@@ -52,11 +53,22 @@ def test_production_settings_build_one_sentinel_host_entry():
         "hosts": 1,
         "sentinels": [["10.0.0.1", 26379], ["10.0.0.2", 26379], ["10.0.0.3", 26379]],
         "master": "channels",
+        "masters": ["channels"],
         "socket_timeout": 3.0,
         "conn": "FailoverAwareConnection",
         "sentinel_password": "s",
         "debug": False,
     }
+
+
+def test_several_sentinel_masters_shard_the_layer_in_their_order():
+    result = start({**GOOD, "REDIS_SENTINEL_MASTER": "channels,channels-1"})
+    assert result.returncode == 0, result.stderr
+    import json
+
+    config = json.loads(result.stdout)
+    assert config["hosts"] == 2
+    assert config["masters"] == ["channels", "channels-1"]
 
 
 @pytest.mark.parametrize(
@@ -75,6 +87,7 @@ def test_production_settings_build_one_sentinel_host_entry():
         ({"WS_MAX_CONNECTIONS_PER_USER": "0"}, "must be at least 1"),
         ({"METRICS_ALLOWED_NETWORKS": "not-a-net"}, "is not a network"),
         ({"CHANNEL_LAYER": "kafka"}, "is not one of memory, redis, sentinel"),
+        ({"REDIS_SENTINEL_MASTER": "channels,channels-1,channels"}, "shard is listed twice: channels,channels-1"),
         ({"NOTIFY_API_TOKEN": "short"}, "NOTIFY_API_TOKEN must be at least 24"),
         (
             {"CHANNEL_LAYER_GROUP_EXPIRY": "60", "WS_STATE_REFRESH_SECONDS": "30", "WS_CONNECTION_SLOT_TTL": "90"},
