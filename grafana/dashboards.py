@@ -202,6 +202,23 @@ def redis_sentinel() -> Dashboard:
             panel(Stat, "Quorum reachable", ('min(redis_sentinel_master_ckquorum_status{job="sentinel"})', "quorum")),
             panel(
                 TimeSeries,
+                "Master per shard",
+                ('max by (shard, host) (redis_instance_info{job="redis", role="master"})', "shard {{shard}}: {{host}}"),
+                description="Each channel-layer shard's master; a shard without a line has none (RedisNoMaster).",
+            ),
+            panel(
+                TimeSeries,
+                "Commands per second per shard (its master)",
+                (
+                    f'sum by (shard) (rate(redis_commands_processed_total{{job="redis"}}[{RATE}]) '
+                    'and on (instance) redis_instance_info{job="redis", role="master"})',
+                    "shard {{shard}}",
+                ),
+                unit="ops",
+                description="What each shard's master serves: a shard near its CPU's limit is the one to split.",
+            ),
+            panel(
+                TimeSeries,
                 "Role per host (1 = master)",
                 (
                     'max by (host) (redis_instance_info{job="redis", role="master"}) or '

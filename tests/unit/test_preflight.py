@@ -80,6 +80,7 @@ REDIS = {
     "redis_sentinel_password": "s" * 32,
     "redis_sentinel_password_previous": [],
     "redis_group": "all",
+    "redis_shards": {"localhost": 0},
 }
 
 
@@ -100,3 +101,11 @@ def test_redis_passwords_current_and_previous_must_be_ones_every_file_can_carry(
     assert passed is passes, output[-2000:]
     if not passes:
         assert "without spaces, quotes or backslashes" in output
+
+
+@pytest.mark.parametrize(("shard", "passes"), [(0, True), (1, False)])
+def test_redis_shards_are_numbered_from_0_without_gaps(tmp_path, shard, passes):
+    passed, output = preflight(tmp_path, "redis", {**REDIS, "redis_shards": {"localhost": shard}})
+    assert passed is passes, output[-2000:]
+    if not passes:
+        assert "serve shards 1 (redis_shard): shards are numbered from 0 without gaps" in output

@@ -2,7 +2,9 @@
 Sentinel passwords), run against a real redis-server and redis-sentinel on loopback: the new
 password beside the old, then the old dropped; nothing changed on a second run; a password Redis
 does not hold refused with what to do. Sentinel's one restart happens on the replicas (the drill
-test_redis_and_sentinel_passwords_rotate_keeping_every_socket): there is no systemd here."""
+test_redis_and_sentinel_passwords_rotate_keeping_every_socket): there is no systemd here.
+The redis_sentinel role's shard tasks run against the same Sentinel: a shard's master added to a
+running Sentinel, and removed."""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def servers(tmp_path):
         tmp_path / "redis.conf",
         [
             f"port {redis_port}",
-            "bind 127.0.0.1",
+            "bind 127.0.0.1 127.0.0.2",  # a second shard's master, for the shard tasks' test
             f"dir {tmp_path}",
             'save ""',
             f"requirepass {OLD}",
@@ -78,36 +80,39 @@ def servers(tmp_path):
         process.wait(10)
 
 
-def converge(servers, redis: tuple[str, list[str]], sentinel: tuple[str, list[str]]) -> tuple[int, str]:
-    """Both roles' passwords.yml with these (current, previous) passwords: (changed tasks, output)."""
+def run_tasks(servers, name: str, values: dict, tasks: list[tuple[str, str]]) -> tuple[int, str]:
+    """The roles' task files (role, file) with these values, on localhost: (changed tasks, output)."""
     folder = servers["dir"]
-    play = folder / "passwords.yml"
-    values = folder / "values.json"  # a file, as a vault would be
-    values.write_text(
-        json.dumps(
-            {
-                "blueprint_files_root": str(ROOT),
-                "redis_port": servers["redis"],
-                "redis_password": redis[0],
-                "redis_password_previous": redis[1],
-                "redis_sentinel_port": servers["sentinel"],
-                "redis_sentinel_password": sentinel[0],
-                "redis_sentinel_password_previous": sentinel[1],
-                "redis_sentinel_master_name": "channels",
-                "redis_sentinel_redis_password": redis[0],
-                "__redis_sentinel_conf": str(folder / "sentinel.conf"),
-            }
-        )
-    )
-    tasks = [
-        {"ansible.builtin.include_role": {"name": str(ROOT / "ansible/roles" / role), "tasks_from": "passwords.yml"}}
-        for role in ("redis", "redis_sentinel")
+    play = folder / f"{name}.yml"
+    values_file = folder / f"{name}.json"  # a file, as a vault would be
+    values_file.write_text(json.dumps({"blueprint_files_root": str(ROOT), **values}))
+    included = [
+        {"ansible.builtin.include_role": {"name": str(ROOT / "ansible/roles" / role), "tasks_from": tasks_from}}
+        for role, tasks_from in tasks
     ]
-    play.write_text(json.dumps([{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]))
-    result = ansible_playbook("-i", "localhost,", str(play), "-e", f"@{values}", timeout=120)
+    play.write_text(
+        json.dumps([{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": included}])
+    )
+    result = ansible_playbook("-i", "localhost,", str(play), "-e", f"@{values_file}", timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     return int(re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)", output)[1]), output
+
+
+def converge(servers, redis: tuple[str, list[str]], sentinel: tuple[str, list[str]]) -> tuple[int, str]:
+    """Both roles' passwords.yml with these (current, previous) passwords: (changed tasks, output)."""
+    values = {
+        "redis_port": servers["redis"],
+        "redis_password": redis[0],
+        "redis_password_previous": redis[1],
+        "redis_sentinel_port": servers["sentinel"],
+        "redis_sentinel_password": sentinel[0],
+        "redis_sentinel_password_previous": sentinel[1],
+        "redis_sentinel_masters": {"channels": "127.0.0.1"},
+        "redis_sentinel_redis_password": redis[0],
+        "__redis_sentinel_conf": str(servers["dir"] / "sentinel.conf"),
+    }
+    return run_tasks(servers, "passwords", values, [("redis", "passwords.yml"), ("redis_sentinel", "passwords.yml")])
 
 
 def accepted(servers) -> dict[str, list[str]]:
@@ -117,15 +122,7 @@ def accepted(servers) -> dict[str, list[str]]:
         server: [
             name
             for name, password in candidates.items()
-            if subprocess.run(
-                ["redis-cli", "-p", str(servers[server]), "--no-auth-warning", "PING"],
-                env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"},
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            ).stdout.strip()
-            == "PONG"
+            if cli(servers[server], password, "PING", check=False) == ["PONG"]
         ]
         for server in ("redis", "sentinel")
     }
@@ -154,3 +151,53 @@ def test_a_password_redis_does_not_hold_and_is_not_listed_stops_the_run_with_wha
     with pytest.raises(AssertionError, match="list the one it has in vault_redis_password_previous"):
         converge(servers, (NEW, []), (SENTINEL_OLD, []))
     assert accepted(servers) == {"redis": ["OLD"], "sentinel": ["SENTINEL_OLD"]}  # untouched
+
+
+def watch(servers, masters: dict[str, str]) -> tuple[int, str]:
+    """The redis_sentinel role's shards.yml for these masters (name: address): (changed tasks, output)."""
+    values = {
+        "redis_sentinel_port": servers["sentinel"],
+        "redis_sentinel_password": SENTINEL_OLD,
+        "redis_sentinel_masters": masters,
+        "redis_sentinel_redis_port": servers["redis"],
+        "redis_sentinel_redis_password": OLD,
+        "redis_sentinel_quorum": 1,
+    }
+    return run_tasks(servers, "shards", values, [("redis_sentinel", "shards.yml")])
+
+
+def cli(port: int, password: str, *command: str, check: bool = True) -> list[str]:
+    """redis-cli COMMAND on a loopback port, signed in with password: the answer's lines."""
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), "--no-auth-warning", *command],
+        env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=check,
+    ).stdout.splitlines()
+
+
+def sentinel(servers, *command: str) -> list[str]:
+    return cli(servers["sentinel"], SENTINEL_OLD, *command)
+
+
+def test_a_shard_added_to_the_inventory_is_watched_by_a_running_sentinel_and_one_removed_is_dropped(servers):
+    two = {"channels": "127.0.0.1", "channels-1": "127.0.0.2"}
+    changed, _ = watch(servers, two)
+    assert changed == 1
+    fields = sentinel(servers, "SENTINEL", "MASTER", "channels-1")
+    master = dict(zip(fields[::2], fields[1::2], strict=True))
+    assert (master["ip"], master["port"], master["quorum"]) == ("127.0.0.2", str(servers["redis"]), "1")
+    assert master["down-after-milliseconds"] == "5000"  # the role's defaults, as the template writes them
+    assert master["failover-timeout"] == "60000"
+    saved = (servers["dir"] / "sentinel.conf").read_text()
+    assert "sentinel monitor channels-1 127.0.0.2" in saved
+
+    assert watch(servers, two)[0] == 0  # nothing to do once watched
+
+    changed, _ = watch(servers, {"channels": "127.0.0.1"})
+    assert changed == 1
+    assert sentinel(servers, "SENTINEL", "MASTER", "channels-1")[0] == "ERR No such master with that name"
+    assert "channels-1" not in (servers["dir"] / "sentinel.conf").read_text()
+    assert sentinel(servers, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "channels")[0] == "127.0.0.1"

@@ -29,7 +29,8 @@ SECRETS = ["postgresql_app_password", "redis_password", "redis_sentinel_password
            "app_notify_api_token"]  # fmt: skip
 
 
-def render(tmp_path: Path, overrides: dict) -> Path:
+def render(tmp_path: Path, overrides: dict, redis_shards: dict[str, int] | None = None) -> Path:
+    """Each host's files; redis_shards gives more redis hosts (name: shard), each its shard's master."""
     inventory = tmp_path / "inventory"
     (inventory / "group_vars/all").mkdir(parents=True)
     hosts = {
@@ -41,6 +42,13 @@ def render(tmp_path: Path, overrides: dict) -> Path:
             },
         }
     }
+    for number, (host, shard) in enumerate((redis_shards or {}).items()):
+        address = f"10.9.0.{42 + number}"
+        hosts["all"]["children"]["redis"]["hosts"][host] = {
+            "blueprint_private_address": address,
+            "redis_shard": shard,
+            "redis_current_master": address,
+        }
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
     settings = {**overrides, "blueprint_server_name": "shop.example.org", **{name: f"{name}-value" for name in SECRETS}}
     (inventory / "group_vars/all/vars.yml").write_text(yaml.safe_dump(settings))
@@ -159,3 +167,21 @@ def test_moved_ports_are_followed_everywhere(moved, side):
 def test_shipped_ports_are_the_blueprint_roles(as_shipped, side):
     shipped = {name: role_default("blueprint", name) for name in MOVED}
     assert as_shipped[side] == expected(shipped)[side]
+
+
+def test_a_second_shard_reaches_the_sentinels_the_app_and_prometheus(tmp_path):
+    """redis2 serves shard 1: every sentinel watches both masters, the app shards over both
+    names in order, and Prometheus labels each redis target with its shard."""
+    out = render(tmp_path, {}, redis_shards={"redis2": 1})
+    for host in ("redis1", "redis2"):
+        watched = re.findall(r"^sentinel monitor (\S+) (\S+) ", (out / host / "sentinel.conf").read_text(), re.M)
+        assert watched == [("channels", ADDRESSES["redis1"]), ("channels-1", "10.9.0.42")]
+    assert "replicaof" not in (out / "redis2/redis.conf").read_text()  # its shard's master
+    for host in ("http1", "ws1"):
+        assert "REDIS_SENTINEL_MASTER='channels,channels-1'" in (out / host / "app.env").read_text()
+    prometheus = yaml.safe_load((out / "mon1/prometheus.yml").read_text())
+    labels = {
+        job["job_name"]: [config["labels"] for config in job["static_configs"]] for job in prometheus["scrape_configs"]
+    }
+    assert labels["redis"] == [{"host": "redis1", "shard": "0"}, {"host": "redis2", "shard": "1"}]
+    assert all("shard" not in each for each in labels["sentinel"])
