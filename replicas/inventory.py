@@ -21,7 +21,7 @@ def render(cfg: Config, topo: Topology) -> str:
                 # The address the controller reaches the hosts from (SSH is opened to it).
                 "replicas_controller_address": str(cfg.gateway),
             },
-            "hosts": {h.name: {"ansible_host": str(h.address(cfg.subnet))} for h in topo.hosts},
+            "hosts": {h.name: {"ansible_host": str(h.address(cfg.subnet)), **h.vars} for h in topo.hosts},
             "children": {group: {"hosts": {h.name: None for h in topo.group(group)}} for group in GROUPS},
         }
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -38,6 +38,8 @@ class Host:
     name: str
     index: int
     groups: tuple[str, ...]
+    # The host's own inventory variables (a redis host's redis_shard, say).
+    vars: dict = field(default_factory=dict, hash=False)
 
     def address(self, subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
         return subnet.network_address + self.index
@@ -90,7 +92,10 @@ def _parse(data: object, source: str) -> Topology:
         if not str(host_name).replace("-", "").isalnum() or len(str(host_name)) > 11:
             # nspawn names the host side of the veth "vb-<name>", at most 15 characters.
             raise TopologyError(f"{source}: host name {host_name!r} must be alphanumeric, at most 11 characters")
-        hosts.append(Host(name=str(host_name), index=index, groups=tuple(groups)))
+        host_vars = spec.get("vars") or {}
+        if not isinstance(host_vars, dict):
+            raise TopologyError(f"{source}: host {host_name}: 'vars' must be a mapping of inventory variables")
+        hosts.append(Host(name=str(host_name), index=index, groups=tuple(groups), vars=host_vars))
     missing = [g for g in GROUPS if not any(g in h.groups for h in hosts)]
     if missing:
         raise TopologyError(f"{source}: no host in groups {missing}")

@@ -5,6 +5,8 @@ unit test costs seconds, not a replica boot:
 
   1. fast    lint (ruff, yamllint, ansible-lint), the app's tests, unit tests
   2. replicas  tests on the container replicas (one shared stack per run)
+  3. shards  the channel layer sharded (tests/replicas/test_shards.py) on a
+             second, smaller stack of the sharded topology
 
 Whatever happens, the replicas are brought down at the end. The last line
 sums every pytest run: "N passed, N failed".
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import vms
 from replicas.config import from_env
-from replicas.topology import DEFAULTS, chosen
+from replicas.topology import DEFAULTS, TOPOLOGY_ENV, chosen
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -57,11 +59,16 @@ FAULTHANDLER_DEFAULT = 30 * 60
 # After the interrupt, how long pytest has to report and tear down before it is killed.
 INTERRUPT_GRACE = 4 * 60
 
+# The shards stage: its topology and its tests (the default topology's run leaves them out).
+SHARDED_TOPOLOGY = "sharded"
+SHARDS_TESTS = "tests/replicas/test_shards.py"
+
 SUITE_STARTED = time.monotonic()
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "PYTHONDONTWRITEBYTECODE": "1"}
+def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    path = f"{VENV_BIN}:{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "PYTHONDONTWRITEBYTECODE": "1", **(extra or {})}
 
 
 def stage_limit(stage: str) -> float:
@@ -76,9 +83,9 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def run_limited(argv: list[str], cwd: Path, limit: float | None) -> tuple[int, bool]:
+def run_limited(argv: list[str], cwd: Path, limit: float | None, extra: dict | None = None) -> tuple[int, bool]:
     """(exit code, cut off): argv in a process group of its own, interrupted after limit seconds."""
-    with subprocess.Popen(argv, cwd=cwd, env=env(), start_new_session=True, preexec_fn=interruptible) as process:
+    with subprocess.Popen(argv, cwd=cwd, env=env(extra), start_new_session=True, preexec_fn=interruptible) as process:
         try:
             return process.wait(timeout=limit), False
         except subprocess.TimeoutExpired:
@@ -91,21 +98,22 @@ def run_limited(argv: list[str], cwd: Path, limit: float | None) -> tuple[int, b
             return process.returncode, True
 
 
-def step(name: str, argv: list[str], cwd: Path = ROOT, limit: float | None = None) -> bool:
-    print(f"\n=== {name}: {' '.join(argv)}", flush=True)
+def step(name: str, argv: list[str], cwd: Path = ROOT, limit: float | None = None, extra: dict | None = None) -> bool:
+    shown = " ".join([*(f"{k}={v}" for k, v in (extra or {}).items()), *argv])
+    print(f"\n=== {name}: {shown}", flush=True)
     started = time.monotonic()
-    code, cut_off = run_limited(argv, cwd, limit)
+    code, cut_off = run_limited(argv, cwd, limit, extra)
     outcome = f"FAILED: cut off after its {limit:.0f} s limit" if cut_off else "ok" if code == 0 else "FAILED"
     print(f"=== {name}: {outcome} in {time.monotonic() - started:.1f} s", flush=True)
     return code == 0 and not cut_off
 
 
-def pytest(name: str, args: list[str], cwd: Path = ROOT, limited: bool = True) -> bool:
+def pytest(name: str, args: list[str], cwd: Path = ROOT, limited: bool = True, extra: dict | None = None) -> bool:
     report = REPORTS / f"{name}.xml"
     # Printed output goes into the report too, where figures() finds the measurements.
     argv = [str(VENV_BIN / "pytest"), f"--junitxml={report}", "-o", "junit_logging=system-out"]
     argv += ["-o", f"faulthandler_timeout={FAULTHANDLER_SECONDS.get(name, FAULTHANDLER_DEFAULT)}", *args]
-    return step(name, argv, cwd=cwd, limit=stage_limit(name) if limited else None)
+    return step(name, argv, cwd=cwd, limit=stage_limit(name) if limited else None, extra=extra)
 
 
 def figures() -> list[str]:
@@ -142,13 +150,20 @@ def fast_stage() -> list[bool]:
 
 def replica_stage() -> list[bool]:
     # The harness drills name the scaled topology's hosts; another topology
-    # (CHANNELS_TOPOLOGY=all-in-one) runs the blueprint's tests only.
-    if chosen() == DEFAULTS["topology"]:
-        paths = ["tests/replicas"]
+    # (CHANNELS_TOPOLOGY=all-in-one) runs the blueprint's tests only. The
+    # default one is followed by the shards stage, on a stack of its own.
+    default = chosen() == DEFAULTS["topology"]
+    if default:
+        paths = ["tests/replicas", f"--ignore={SHARDS_TESTS}"]
     else:
         paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/replicas").glob("test_blueprint_*.py"))
     try:
-        return [pytest("replicas", ["-q", *paths])]
+        results = [pytest("replicas", ["-q", *paths])]
+        if default and all(results):
+            results.append(pytest("shards", ["-q", SHARDS_TESTS], extra={TOPOLOGY_ENV: SHARDED_TOPOLOGY}))
+        elif default:
+            print("\n=== shards not run: the replica stage failed", flush=True)
+        return results
     finally:
         # The session fixture brings the stack down too; this covers a killed pytest.
         step("replicas down", [str(VENV_BIN / "python"), "-m", "replicas", "down"])

@@ -68,14 +68,14 @@ def redis_cli(host, password: str, *args: str, port: int = REDIS_PORT):
     )
 
 
-def master_address(hosts, secrets, name: str) -> str:
-    """The master's address as the sentinel on host `name` names it."""
+def master_address(hosts, secrets, name: str, master: str = MASTER) -> str:
+    """The address of `master` (the first shard's by default) as the sentinel on host `name` names it."""
     out = redis_cli(
         hosts[name],
         secrets["redis_sentinel_password"],
         "SENTINEL",
         "get-master-addr-by-name",
-        MASTER,
+        master,
         port=SENTINEL_PORT,
     )
     assert out.rc == 0, out.stderr

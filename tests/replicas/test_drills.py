@@ -62,6 +62,39 @@ async def pong(ws, seconds: float = 10) -> bool:
     return True
 
 
+async def read_numbered(ws, prefix: str, received: dict[int, float], closed: list[int]) -> None:
+    """Until the socket closes: when each notification "<prefix> N" arrived (N: when), and the close code."""
+    try:
+        async for frame in ws:
+            message = json.loads(frame)
+            if message.get("type") == "notification" and message["message"].startswith(f"{prefix} "):
+                received.setdefault(int(message["message"].split()[1]), time.monotonic())
+    except ConnectionClosed as close:
+        closed.append(close.rcvd.code if close.rcvd else 1006)
+
+
+async def post_notification(client: httpx.AsyncClient, site, user_id: int, message: str) -> int | str:
+    """POST /api/notifications/ with the site's token: the status, or the client error's name."""
+    try:
+        response = await client.post(
+            "/api/notifications/",
+            json={"user_id": user_id, "message": message},
+            headers={"Authorization": f"Bearer {site['token']}"},
+        )
+        return response.status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+async def settle(posts: list[asyncio.Task], readers: list[asyncio.Task]) -> None:
+    """Every post answered, 3 s for the last notifications in flight, then the readers stopped."""
+    await asyncio.gather(*posts)
+    await asyncio.sleep(3)
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+
+
 class NotificationTraffic:
     """Numbered notifications posted at a steady rate; what each socket received, and when."""
 
@@ -72,25 +105,11 @@ class NotificationTraffic:
         self.closed: list[int] = []
 
     async def _read(self, index: int, ws) -> None:
-        try:
-            async for frame in ws:
-                message = json.loads(frame)
-                if message.get("type") == "notification" and message["message"].startswith("drill "):
-                    self.received[index].setdefault(int(message["message"].split()[1]), time.monotonic())
-        except ConnectionClosed as closed:
-            self.closed.append(closed.rcvd.code if closed.rcvd else 1006)
+        await read_numbered(ws, "drill", self.received[index], self.closed)
 
     async def _post(self, client: httpx.AsyncClient, seq: int) -> None:
         sent = time.monotonic()
-        try:
-            response = await client.post(
-                "/api/notifications/",
-                json={"user_id": self.site["user_id"], "message": f"drill {seq}"},
-                headers={"Authorization": f"Bearer {self.site['token']}"},
-            )
-            status = response.status_code
-        except httpx.HTTPError as exc:
-            status = type(exc).__name__
+        status = await post_notification(client, self.site, self.site["user_id"], f"drill {seq}")
         self.posts[seq] = {"sent": sent, "status": status, "seconds": time.monotonic() - sent}
 
     async def run(self, seconds: float, fault=None, fault_after: float = 3.0) -> float | None:
@@ -107,11 +126,7 @@ class NotificationTraffic:
                 posts.append(asyncio.create_task(self._post(client, seq)))
                 seq += 1
                 await asyncio.sleep(POST_EVERY)
-            await asyncio.gather(*posts)
-        await asyncio.sleep(3)  # the last ones in flight
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+            await settle(posts, readers)
         return faulted_at
 
     def accepted(self) -> list[int]:
@@ -460,19 +475,24 @@ for n in range({count}):
     s[SESSION_KEY], s[BACKEND_SESSION_KEY] = str(user.pk), "django.contrib.auth.backends.ModelBackend"
     s[HASH_SESSION_KEY] = user.get_session_auth_hash()
     s.create()
-    print("session", s.session_key)
+    print("session", s.session_key, user.pk)
 """
 
 
-def drill_sessions(hosts, count: int) -> list[str]:
-    """Session cookies of `count` users drill-0... (made if missing), logged in."""
+def drill_users(hosts, count: int) -> list[tuple[str, int]]:
+    """(session cookie, user id) of `count` users drill-0... (made if missing), logged in."""
     made = hosts[first("http")].run(
         "echo %s | base64 -d | channels-manage shell --no-imports",
         base64.b64encode(SESSIONS_FOR.format(count=count).encode()).decode(),
     )
-    sessions = re.findall(r"^session (\S+)$", made.stdout, re.M)
-    assert len(sessions) == count, made.stdout + made.stderr
-    return sessions
+    users = [(session, int(pk)) for session, pk in re.findall(r"^session (\S+) (\d+)$", made.stdout, re.M)]
+    assert len(users) == count, made.stdout + made.stderr
+    return users
+
+
+def drill_sessions(hosts, count: int) -> list[str]:
+    """Session cookies of `count` users drill-0... (made if missing), logged in."""
+    return [session for session, _ in drill_users(hosts, count)]
 
 
 async def notification_reaches(site, session: str, user_id: int, message: str) -> bool:

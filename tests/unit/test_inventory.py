@@ -23,3 +23,10 @@ def test_config_rejects_a_bad_subnet_or_bridge():
         config.from_env({"REPLICAS_SUBNET": "10.77.0.0/30"})
     with pytest.raises(ValueError, match="not a valid interface name"):
         config.from_env({"REPLICAS_BRIDGE": "this-name-is-too-long"})
+
+
+def test_a_hosts_own_variables_reach_the_inventory(tmp_path):
+    cfg = config.from_env({"REPLICAS_STATE_DIR": str(tmp_path)})
+    data = yaml.safe_load(inventory.render(cfg, topology.load("sharded")))["all"]
+    assert data["hosts"]["redis3"] == {"ansible_host": "10.77.0.43", "redis_shard": 1}
+    assert data["hosts"]["lb1"] == {"ansible_host": "10.77.0.11"}

@@ -48,6 +48,7 @@ def test_addresses_follow_the_subnet():
         ("hosts: {a: {index: x, groups: [lb]}}", "'index' must be an integer"),
         ("hosts: {a: {index: 2, groups: [lb]}, b: {index: 2, groups: [db]}}", "share index 2"),
         ("hosts: {averyveryverylongname: {index: 2, groups: [lb]}}", "at most 11 characters"),
+        ("hosts: {a: {index: 2, groups: [lb], vars: [redis_shard]}}", "'vars' must be a mapping"),
     ],
 )
 def test_bad_topologies_are_refused_with_a_reason(text, message):
@@ -63,7 +64,7 @@ def test_hosts_must_fit_the_subnet():
 
 
 def test_unknown_topology_lists_the_known_ones():
-    with pytest.raises(TopologyError, match="all-in-one, scaled"):
+    with pytest.raises(TopologyError, match="all-in-one, scaled, sharded"):
         topology.load("nope")
 
 
@@ -73,3 +74,9 @@ def test_the_defaults_file_is_not_a_topology_and_names_one():
     assert topology.load(topology.DEFAULTS["topology"]).hosts
     assert topology.chosen({}) == topology.DEFAULTS["topology"]
     assert topology.chosen({"CHANNELS_TOPOLOGY": "all-in-one"}) == "all-in-one"
+
+
+def test_the_sharded_topology_gives_two_shards_of_two_redis_hosts():
+    topo = topology.load("sharded")
+    shards = {h.name: h.vars["redis_shard"] for h in topo.group("redis")}
+    assert shards == {"redis1": 0, "redis2": 0, "redis3": 1, "redis4": 1}
