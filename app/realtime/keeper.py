@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from ops.metrics import LAYER_ERRORS, WS_STATE_LOST
 from realtime import limits
@@ -68,8 +69,9 @@ class StateKeeper:
         if held:
             kept = await limits.slots().renew([(c.endpoint, c.user.pk, c.channel_name) for c in held])
             for consumer, still_held in zip(held, kept, strict=True):
-                # A socket released meanwhile gave its slot back itself (slot_held is cleared first).
-                if still_held or not consumer.slot_held or consumer.released:
+                # A socket released meanwhile gave its slot back itself (slot_held is cleared first);
+                # None: its shard did not answer, the next interval tries again.
+                if still_held is None or still_held or not consumer.slot_held or consumer.released:
                     continue
                 WS_STATE_LOST.labels(consumer.endpoint).inc()
                 # Take it again, even past the limit, rather than drop a socket
@@ -84,14 +86,30 @@ class StateKeeper:
         if not members:
             return
         layer = get_channel_layer()
+        by_shard: dict[int, list[tuple[str, list[str]]]] = defaultdict(list)
         for group, channels in members.items():
-            for start in range(0, len(channels), GROUP_BATCH):
-                batch = channels[start : start + GROUP_BATCH]
-                if hasattr(layer, "group_add_many"):
-                    await layer.group_add_many(group, batch)
-                else:  # the in-memory layer (development, tests)
-                    for channel in batch:
-                        await layer.group_add(group, channel)
+            # The in-memory layer (development, tests) has one "shard".
+            shard = layer.consistent_hash(group) if hasattr(layer, "consistent_hash") else 0
+            by_shard[shard].append((group, channels))
+        await asyncio.gather(*(self._readd(layer, groups) for groups in by_shard.values()))
+
+    @staticmethod
+    async def _readd(layer, groups: list[tuple[str, list[str]]]) -> None:
+        """Re-add one shard's groups, the shards at once: with one shard down, the groups on the
+        others are still renewed (they would lapse after the layer's group expiry, deafening sockets
+        the failure never touched). Its first failure leaves that shard's rest to the next interval."""
+        try:
+            for group, channels in groups:
+                for start in range(0, len(channels), GROUP_BATCH):
+                    batch = channels[start : start + GROUP_BATCH]
+                    if hasattr(layer, "group_add_many"):
+                        await layer.group_add_many(group, batch)
+                    else:  # the in-memory layer (development, tests)
+                        for channel in batch:
+                            await layer.group_add(group, channel)
+        except RedisError:
+            LAYER_ERRORS.labels("refresh").inc()
+            log.warning("re-adding the groups of a shard failed; retrying next interval", exc_info=True)
 
 
 # This event loop's keeper: one per daphne process.

@@ -10,12 +10,18 @@ server's clock, so hosts with skewed clocks agree.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from config.redis import shard_of
+from ops.metrics import LAYER_ERRORS
 from realtime import redis_client
+
+log = logging.getLogger(__name__)
 
 # KEYS[1] slot set; ARGV: member, limit, ttl seconds. Returns 1 if the slot is held.
 _ACQUIRE = """
@@ -77,26 +83,35 @@ class RedisSlots:
         )
         return bool(held)
 
-    async def renew(self, held: list[Slot]) -> list[bool]:
-        """Renew a process's open sockets' slots (a round trip per shard and RENEW_BATCH); which were still held."""
+    async def renew(self, held: list[Slot]) -> list[bool | None]:
+        """Renew a process's open sockets' slots (a round trip per shard and RENEW_BATCH): which were
+        still held, and None for those of a shard that did not answer (the others are renewed)."""
         clients = redis_client.shared_clients()
         keys = [_key(endpoint, user_id) for endpoint, user_id, _ in held]
         by_shard: dict[int, list[int]] = {}
         for index, key in enumerate(keys):
             by_shard.setdefault(shard_of(key, len(clients)), []).append(index)
-        kept = [False] * len(held)
-        for shard, indexes in by_shard.items():
-            for start in range(0, len(indexes), RENEW_BATCH):
-                batch = indexes[start : start + RENEW_BATCH]
-                answers = await clients[shard].eval(
-                    _RENEW,
-                    len(batch),
-                    *[keys[i] for i in batch],
-                    settings.WS_CONNECTION_SLOT_TTL,
-                    *[held[i][2] for i in batch],
-                )
-                for index, answer in zip(batch, answers, strict=True):
-                    kept[index] = bool(answer)
+        kept: list[bool | None] = [None] * len(held)
+
+        async def renew_shard(shard: int, indexes: list[int]) -> None:
+            # The shards at once: one that does not answer (its retries take seconds) delays no other.
+            try:
+                for start in range(0, len(indexes), RENEW_BATCH):
+                    batch = indexes[start : start + RENEW_BATCH]
+                    answers = await clients[shard].eval(
+                        _RENEW,
+                        len(batch),
+                        *[keys[i] for i in batch],
+                        settings.WS_CONNECTION_SLOT_TTL,
+                        *[held[i][2] for i in batch],
+                    )
+                    for index, answer in zip(batch, answers, strict=True):
+                        kept[index] = bool(answer)
+            except RedisError:
+                LAYER_ERRORS.labels("refresh").inc()
+                log.warning("renewing the slots on shard %d failed; retrying next interval", shard, exc_info=True)
+
+        await asyncio.gather(*(renew_shard(shard, indexes) for shard, indexes in by_shard.items()))
         return kept
 
     async def release(self, endpoint: str, user_id: int, member: str) -> None:

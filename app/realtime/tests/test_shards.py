@@ -12,6 +12,7 @@ from config.redis import shard_of
 from notifications.services import asend_notification
 from ops.views import check_redis
 from realtime import limits
+from realtime.keeper import keeper
 from testing import RedisServer, connect, redis_settings, session_headers, url_spec
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -101,3 +102,38 @@ async def test_a_message_sent_to_a_process_channel_is_read_from_the_shard_its_re
     for number, channel in enumerate(channels):
         async with asyncio.timeout(2):
             assert (await layer.receive(channel))["number"] == number
+
+
+async def test_with_one_shard_down_the_others_slots_and_groups_are_still_renewed(sharded, settings):
+    """The process's renewal goes on for the shards that answer: a shard down longer than the
+    layer's group expiry must not deafen the sockets whose state lives elsewhere. The shard
+    stopped is the one the process's inbox is not on (its sockets' reads would fail otherwise,
+    after this fixture's one second of retries)."""
+    settings.WS_STATE_REFRESH_SECONDS = 3600  # the test renews by hand
+    users = [await get_user_model().objects.acreate(username=f"renewed-{n}") for n in range(20)]
+    sockets = {}
+    for u in users:
+        communicator, accepted, _ = await connect("/ws/notifications/", await sync_to_async(session_headers)(u))
+        assert accepted
+        sockets[u.pk] = communicator
+    layer = get_channel_layer()
+    up = layer.consistent_hash(await layer.new_channel())
+    down = 1 - up
+    on_up = [pk for pk in sockets if layer.consistent_hash(f"notifications_{pk}") == up]
+    assert on_up
+    assert len(on_up) < len(sockets)
+    # One shard lost its state; the other is gone.
+    sharded[up].cli("FLUSHALL")
+    sharded[down].stop()
+    try:
+        async with asyncio.timeout(15):
+            await keeper().renew()
+        for pk in on_up:
+            assert sharded[up].cli("ZCARD", layer._group_key(f"notifications_{pk}").decode()) == "1"
+        kept = await limits.slots().renew([("notifications", pk, "nobody") for pk in sockets])
+        # Answered where the shard is up (nobody holds those), unknown where it is down.
+        assert kept == [False if shard_of(f"wslimit:notifications:{pk}", 2) == up else None for pk in sockets]
+    finally:
+        sharded[down].start()
+        for communicator in sockets.values():
+            await communicator.disconnect()
