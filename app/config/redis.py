@@ -254,7 +254,8 @@ class FailoverAwareChannelLayer(RedisChannelLayer):
 
     def consistent_hash(self, value):
         # A process's channel lives on the shard its reader reads (see the module's docstring).
-        if isinstance(value, str) and "!" in value:
+        # One shard: nothing to pick (group_send hashes every member; keep that path as it was).
+        if self.ring_size > 1 and isinstance(value, str) and "!" in value:
             value = self.non_local_name(value)
         return super().consistent_hash(value)
 
