@@ -16,7 +16,8 @@ ANSIBLE = ROOT / "ansible"
 def test_the_channel_layer_plays_arguments_resolve_when_another_tier_runs(tmp_path):
     plays = yaml.safe_load((ANSIBLE / "site.yml").read_text())
     play = next(p for p in plays if "redis" in [r["role"] for r in p.get("roles", [])])
-    (tmp_path / "play.yml").write_text(yaml.safe_dump([{**play, "gather_facts": False}]))
+    vars_files = [str(ANSIBLE / path) for path in play.get("vars_files", [])]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump([{**play, "gather_facts": False, "vars_files": vars_files}]))
     inventory = {
         "all": {
             "vars": {"ansible_connection": "local"},
