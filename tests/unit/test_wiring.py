@@ -185,3 +185,23 @@ def test_a_second_shard_reaches_the_sentinels_the_app_and_prometheus(tmp_path):
     }
     assert labels["redis"] == [{"host": "redis1", "shard": "0"}, {"host": "redis2", "shard": "1"}]
     assert all("shard" not in each for each in labels["sentinel"])
+
+
+def test_a_retiring_pool_host_leaves_the_load_balancers_and_prometheus_only(tmp_path):
+    """retire.yml's hosts: out of nginx's upstreams and Prometheus's app targets, while the firewall
+    still lets them finish; no pool host's settings name another pool host, so adding or removing
+    one changes no other app host's environment (and restarts nothing there)."""
+    out = render(tmp_path, {"blueprint_retiring": ["ws1"]})
+    nginx = (out / "lb1/channels.conf").read_text()
+    assert ADDRESSES["ws1"] not in nginx
+    assert f"server {ADDRESSES['http1']}:" in nginx
+    prometheus = yaml.safe_load((out / "mon1/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job["static_configs"] or [] for job in prometheus["scrape_configs"]}
+    jobs = {name: [config["labels"]["host"] for config in configs] for name, configs in jobs.items()}
+    assert jobs["daphne"] == []
+    assert "ws1" in jobs["node"]
+    assert ADDRESSES["ws1"] in (out / "redis1/nftables.conf").read_text()
+    for host, peer in (("http1", "ws1"), ("ws1", "http1")):
+        env = (out / host / "app.env").read_text()
+        assert ADDRESSES[host] in env
+        assert ADDRESSES[peer] not in env
