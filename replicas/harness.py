@@ -81,13 +81,20 @@ class Harness:
         network.check_no_clash(cfg)
         state = self.load_state()
         base_path, build_seconds = base.ensure_base(cfg)
-        wanted = {"topology": topo.name, "subnet": str(cfg.subnet), "bridge": cfg.bridge, "base": str(base_path)}
+        wanted = {"subnet": str(cfg.subnet), "bridge": cfg.bridge, "base": str(base_path)}
         if state and any(state.get(k) != v for k, v in wanted.items()):
-            log("replicas from another topology, network or base image exist: taking them down first")
+            log("replicas on another network or base image exist: taking them down first")
             self.down()
             state = {}
         self._ensure_key()
-        state.update(wanted)
+        # Another topology grows or shrinks the running stack: hosts it no longer has (or has at
+        # another address) are removed, hosts it adds are booted below, the others keep running.
+        named = str(Path(topology_name).resolve()) if Path(topology_name).suffix else topology_name
+        state.update(wanted, topology=named)
+        state.setdefault("hosts", {})
+        for name, recorded in list(state["hosts"].items()):
+            if name not in topo.names() or recorded.get("index", topo.host(name).index) != topo.host(name).index:
+                self._remove(name, state)
         # Forwarding for the bridge; and inotify instances: Linux's default of 128 per user runs
         # out at about twelve hosts ("Failed to create control group inotify object: Too many
         # open files" at boot). Both are put back by down.
@@ -98,7 +105,6 @@ class Harness:
                 "fs.inotify.max_user_instances": sysctl.inotify_instances_needed(len(topo.hosts)),
             },
         )
-        state.setdefault("hosts", {})
         self.save_state(state)
         network.ensure_bridge(cfg)
         network.ensure_nft(cfg)
@@ -109,6 +115,7 @@ class Harness:
             p = host.paths(cfg, h.name)
             pid = state["hosts"].get(h.name, {}).get("pid")
             if host.is_running(pid, p) and host.is_mounted(p):
+                host.write_hosts(cfg, topo, p)
                 continue
             self._boot(topo, h, base_path, state)
             booted.append(h.name)
@@ -139,7 +146,7 @@ class Harness:
         host.unmount(p)
         host.mount(cfg, Path(base_path), p)
         host.write_config(cfg, topo, h, p, Path(str(cfg.ssh_key) + ".pub").read_text())
-        state["hosts"][h.name] = {"pid": host.boot(cfg, h, p)}
+        state["hosts"][h.name] = {"pid": host.boot(cfg, h, p), "index": h.index}
         self.save_state(state)
         log(f"{h.name}: booting at {h.address(cfg.subnet)}")
 
@@ -211,13 +218,7 @@ class Harness:
         hosts_dir = cfg.state_dir / "hosts"
         names = set(state.get("hosts", {})) | ({d.name for d in hosts_dir.iterdir()} if hosts_dir.is_dir() else set())
         for name in sorted(names):
-            p = host.paths(cfg, name)
-            host.stop(p)
-            host.unmount(p)
-            if host.is_mounted(p):
-                raise HarnessError(f"{name}: {p.merged} is still mounted; not removing it")
-            host.harvest_apt_cache(cfg, p)
-            shutil.rmtree(p.root, ignore_errors=True)
+            self._remove(name, state)
         for pid in nspawn_pids_for(cfg.state_dir):
             host.signal_if_alive(pid, signal.SIGKILL)
         umount_all(cfg.state_dir)
@@ -230,6 +231,20 @@ class Harness:
         if cfg.state_dir.exists() and not mounts_under(cfg.state_dir):
             shutil.rmtree(cfg.state_dir)
         log("down: replicas, mounts, bridge and nftables table removed")
+
+    def _remove(self, name: str, state: dict) -> None:
+        """One host stopped and its files removed (its apt cache kept for the next boot)."""
+        p = host.paths(self.cfg, name)
+        host.stop(p)
+        host.unmount(p)
+        if host.is_mounted(p):
+            raise HarnessError(f"{name}: {p.merged} is still mounted; not removing it")
+        host.harvest_apt_cache(self.cfg, p)
+        shutil.rmtree(p.root, ignore_errors=True)
+        if name in state.get("hosts", {}):
+            del state["hosts"][name]
+            self.save_state(state)
+        log(f"{name}: removed")
 
     # -- load clients --------------------------------------------------------
     @contextlib.contextmanager

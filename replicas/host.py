@@ -136,14 +136,19 @@ def harvest_apt_cache(cfg: Config, p: Paths) -> int:
     return added
 
 
+def write_hosts(cfg: Config, topo: Topology, p: Paths) -> None:
+    """/etc/hosts: every host of the topology by name (rewritten on a running host when the topology grows)."""
+    hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+    hosts += [f"{h.address(cfg.subnet)} {h.name}" for h in topo.hosts]
+    (p.merged / "etc/hosts").write_text("\n".join(hosts) + "\n")
+
+
 def write_config(cfg: Config, topo: Topology, host: Host, p: Paths, pubkey: str) -> None:
     """Identity, network, SSH access and trust for one host, written into its overlay."""
     root = p.merged
     address = host.address(cfg.subnet)
     (root / "etc/hostname").write_text(host.name + "\n")
-    hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
-    hosts += [f"{h.address(cfg.subnet)} {h.name}" for h in topo.hosts]
-    (root / "etc/hosts").write_text("\n".join(hosts) + "\n")
+    write_hosts(cfg, topo, p)
     machine_id = root / "etc/machine-id"
     if not machine_id.read_text().strip():
         machine_id.write_text(uuid.uuid4().hex + "\n")

@@ -57,6 +57,9 @@ class Topology:
         known = ", ".join(h.name for h in self.hosts)
         raise TopologyError(f"no host {name!r} in topology {self.name!r} (hosts: {known})")
 
+    def names(self) -> list[str]:
+        return [h.name for h in self.hosts]
+
     def group(self, group: str) -> list[Host]:
         return [h for h in self.hosts if group in h.groups]
 
