@@ -6,7 +6,8 @@ unit test costs seconds, not a replica boot:
   1. fast    lint (ruff, yamllint, ansible-lint), the app's tests, unit tests
   2. replicas  tests on the container replicas (one shared stack per run)
   3. shards  the channel layer sharded (tests/replicas/test_shards.py) on a
-             second, smaller stack of the sharded topology
+             second, smaller stack of the sharded topology, then a ws host
+             added to it and retired (tests/replicas/test_scale_out.py)
 
 Whatever happens, the replicas are brought down at the end. The last line
 sums every pytest run: "N passed, N failed".
@@ -59,9 +60,9 @@ FAULTHANDLER_DEFAULT = 30 * 60
 # After the interrupt, how long pytest has to report and tear down before it is killed.
 INTERRUPT_GRACE = 4 * 60
 
-# The shards stage: its topology and its tests (the default topology's run leaves them out).
+# The shards stage: its topology and its tests, in order (the default topology's run leaves them out).
 SHARDED_TOPOLOGY = "sharded"
-SHARDS_TESTS = "tests/replicas/test_shards.py"
+SHARDS_TESTS = ["tests/replicas/test_shards.py", "tests/replicas/test_scale_out.py"]
 
 SUITE_STARTED = time.monotonic()
 
@@ -154,13 +155,13 @@ def replica_stage() -> list[bool]:
     # default one is followed by the shards stage, on a stack of its own.
     default = chosen() == DEFAULTS["topology"]
     if default:
-        paths = ["tests/replicas", f"--ignore={SHARDS_TESTS}"]
+        paths = ["tests/replicas", *(f"--ignore={path}" for path in SHARDS_TESTS)]
     else:
         paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/replicas").glob("test_blueprint_*.py"))
     try:
         results = [pytest("replicas", ["-q", *paths])]
         if default and all(results):
-            results.append(pytest("shards", ["-q", SHARDS_TESTS], extra={TOPOLOGY_ENV: SHARDED_TOPOLOGY}))
+            results.append(pytest("shards", ["-q", *SHARDS_TESTS], extra={TOPOLOGY_ENV: SHARDED_TOPOLOGY}))
         elif default:
             print("\n=== shards not run: the replica stage failed", flush=True)
         return results
