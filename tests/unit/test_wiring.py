@@ -187,21 +187,30 @@ def test_a_second_shard_reaches_the_sentinels_the_app_and_prometheus(tmp_path):
     assert all("shard" not in each for each in labels["sentinel"])
 
 
-def test_a_retiring_pool_host_leaves_the_load_balancers_and_prometheus_only(tmp_path):
+def test_retiring_pool_hosts_leave_the_load_balancers_and_prometheus_only(tmp_path):
     """retire.yml's hosts: out of nginx's upstreams and Prometheus's app targets, while the firewall
     still lets them finish; no pool host's settings name another pool host, so adding or removing
     one changes no other app host's environment (and restarts nothing there)."""
-    out = render(tmp_path, {"blueprint_retiring": ["ws1"]})
+    out = render(tmp_path, {"blueprint_retiring": ["ws1", "http1"]})
     nginx = (out / "lb1/channels.conf").read_text()
-    assert ADDRESSES["ws1"] not in nginx
-    assert f"server {ADDRESSES['http1']}:" in nginx
     prometheus = yaml.safe_load((out / "mon1/prometheus.yml").read_text())
     jobs = {job["job_name"]: job["static_configs"] or [] for job in prometheus["scrape_configs"]}
     jobs = {name: [config["labels"]["host"] for config in configs] for name, configs in jobs.items()}
-    assert jobs["daphne"] == []
-    assert "ws1" in jobs["node"]
-    assert ADDRESSES["ws1"] in (out / "redis1/nftables.conf").read_text()
-    for host, peer in (("http1", "ws1"), ("ws1", "http1")):
+    for host, peer, job in (("http1", "ws1", "gunicorn"), ("ws1", "http1", "daphne")):
+        assert ADDRESSES[host] not in nginx
+        assert jobs[job] == []
+        assert host in jobs["node"]
+        assert ADDRESSES[host] in (out / "redis1/nftables.conf").read_text()
         env = (out / host / "app.env").read_text()
         assert ADDRESSES[host] in env
         assert ADDRESSES[peer] not in env
+
+
+def test_a_pool_host_answers_to_its_own_address_and_the_load_balancers_not_its_peers(tmp_path):
+    out = render(tmp_path, {})
+    allowed = {
+        host: set(re.search(r"DJANGO_ALLOWED_HOSTS='([^']*)'", (out / host / "app.env").read_text())[1].split(","))
+        for host in ("http1", "ws1")
+    }
+    assert allowed["http1"] == {ADDRESSES["lb1"], "lb1", "shop.example.org", ADDRESSES["http1"]}
+    assert allowed["ws1"] == {ADDRESSES["lb1"], "lb1", "shop.example.org", ADDRESSES["ws1"]}
