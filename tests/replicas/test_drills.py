@@ -394,16 +394,28 @@ class ReconnectingSockets:
 
 
 class HttpLoad:
-    """GET / through nginx at a steady rate until stopped, from `source`; every answer counted."""
+    """GET / through nginx at a steady rate until stopped, from `source`; every answer counted.
 
-    def __init__(self, site, per_second: float, source: str | None):
-        self.site, self.every, self.source = site, 1.0 / per_second, source
+    With `retry_closed`, a GET whose kept-alive connection the server closed before answering
+    is sent once more on a new one, as browsers do (RFC 9112, 9.3.1), and counted in `retried`:
+    an nginx reload closes its old workers' idle client connections, and a request can cross
+    that close on the wire."""
+
+    def __init__(self, site, per_second: float, source: str | None, retry_closed: bool = False):
+        self.site, self.every, self.source, self.retry_closed = site, 1.0 / per_second, source, retry_closed
         self.statuses: dict = {}
+        self.retried = 0
         self.stopping = False
 
     async def _get(self, client: httpx.AsyncClient) -> None:
         try:
-            status = (await client.get("/")).status_code
+            try:
+                status = (await client.get("/")).status_code
+            except httpx.RemoteProtocolError:
+                if not self.retry_closed:
+                    raise
+                self.retried += 1
+                status = (await client.get("/")).status_code
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         self.statuses[status] = self.statuses.get(status, 0) + 1
