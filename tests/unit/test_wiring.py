@@ -154,8 +154,13 @@ def moved(tmp_path_factory) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def as_shipped(tmp_path_factory) -> dict[str, set[str]]:
-    return connections(render(tmp_path_factory.mktemp("shipped"), {}))
+def shipped(tmp_path_factory) -> Path:
+    return render(tmp_path_factory.mktemp("shipped"), {})
+
+
+@pytest.fixture(scope="module")
+def as_shipped(shipped) -> dict[str, set[str]]:
+    return connections(shipped)
 
 
 @pytest.mark.parametrize("side", list(expected(MOVED)))
@@ -206,11 +211,27 @@ def test_retiring_pool_hosts_leave_the_load_balancers_and_prometheus_only(tmp_pa
         assert ADDRESSES[peer] not in env
 
 
-def test_a_pool_host_answers_to_its_own_address_and_the_load_balancers_not_its_peers(tmp_path):
-    out = render(tmp_path, {})
+def test_a_pool_host_answers_to_its_own_address_and_the_load_balancers_not_its_peers(shipped):
     allowed = {
-        host: set(re.search(r"DJANGO_ALLOWED_HOSTS='([^']*)'", (out / host / "app.env").read_text())[1].split(","))
+        host: set(re.search(r"DJANGO_ALLOWED_HOSTS='([^']*)'", (shipped / host / "app.env").read_text())[1].split(","))
         for host in ("http1", "ws1")
     }
     assert allowed["http1"] == {ADDRESSES["lb1"], "lb1", "shop.example.org", ADDRESSES["http1"]}
     assert allowed["ws1"] == {ADDRESSES["lb1"], "lb1", "shop.example.org", ADDRESSES["ws1"]}
+
+
+def idle_timeouts(out: Path) -> tuple[int, int]:
+    """Seconds an idle connection between nginx and gunicorn is kept: by nginx, by gunicorn."""
+    upstream = re.search(r"upstream channels_http \{[^}]*\}", (out / "lb1/channels.conf").read_text())[0]
+    nginx = int(re.search(r"keepalive_timeout (\d+)s;", upstream)[1])
+    return nginx, int(re.search(r"--keep-alive (\d+)", (out / "http1/gunicorn.service").read_text())[1])
+
+
+def test_nginx_closes_an_idle_http_pool_connection_before_gunicorn_does(shipped, tmp_path):
+    """A request nginx sends on a connection gunicorn closes at that moment gets no answer: a 502,
+    and nginx does not resend a POST. nginx must always be the side that closes an idle one,
+    also when an operator moves its timeout."""
+    nginx, gunicorn = idle_timeouts(shipped)
+    assert 0 < nginx < gunicorn
+    nginx, gunicorn = idle_timeouts(render(tmp_path, {"nginx_upstream_keepalive_timeout": 300}))
+    assert nginx == 300 < gunicorn
