@@ -27,6 +27,46 @@ def _common_step(project: list[dict], raw: list[dict], key: str, bound_ms: float
     return pairs[0] if pairs else None
 
 
+def master_cost(steps: list[dict], events: str) -> dict | None:
+    """What the Redis masters spend per event (`events`: a broadcast published, a notification accepted).
+
+    Each master's CPU rate is fitted against the steps' event rates: the slope is its µs per
+    event, leaving out what it spends with nothing to do (its timers, the Sentinels' and
+    replicas' traffic, the app's renewals). A master whose CPU did not grow with the events
+    (a shard the workload's names do not hash to) costs 0 per event. With a single rate
+    there is nothing to fit: the master's CPU over the events, which counts that idle work
+    too (an upper bound). One master running all of it holds 1e6 / the sum of the masters'
+    µs events/s at 100 % of its core; the shards of this run hold 1e6 / the busiest one's.
+    """
+    points = [
+        (s[events] / s["seconds"], {m: cpu / s["seconds"] for m, cpu in s["master_cpu_s"].items()})
+        for s in steps
+        if s.get("master_cpu_s") and s.get("seconds") and s.get(events)
+    ]
+    if not points:
+        return None
+    xs = [x for x, _ in points]
+    mean_x = sum(xs) / len(xs)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    per_event, fitted = {}, True
+    for master in sorted({m for _, cpu in points for m in cpu}):
+        ys = [cpu.get(master, 0.0) for _, cpu in points]
+        if spread > 0:
+            mean_y = sum(ys) / len(ys)
+            slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread)
+        else:
+            slope, fitted = sum(ys) / sum(xs), False
+        per_event[master] = slope * 1e6
+    total, busiest = sum(per_event.values()), max(per_event.values())
+    return {
+        "us_per_event": {m: round(us, 1) for m, us in per_event.items()},
+        "fitted": fitted,
+        "one_master_per_s": round(1e6 / total) if total else None,
+        "shards_per_s": round(1e6 / busiest) if busiest else None,
+        "masters": len(per_event),
+    }
+
+
 def summary(results: dict) -> list[tuple[str, object, object]]:
     """(figure, project, raw) rows: what the README quotes (rows of the workloads that ran)."""
     p, r, s = results["project"], results["raw"], results["settings"]
@@ -66,6 +106,31 @@ def summary(results: dict) -> list[tuple[str, object, object]]:
     )
     row("idle", "CPU with no socket, % of one core", lambda x: x["idle"]["cpu_pct_no_socket"])
     row("idle", "memory per socket, KiB (PSS of the ws processes)", lambda x: x["idle"]["kib_per_socket"])
+    for workload, events, what in (
+        ("notify", "accepted", "notification"),
+        ("rate", "published", f"broadcast to {s['rate_sockets']:,} sockets"),
+    ):
+        costs = {kind: master_cost(x.get(workload, []), events) for kind, x in (("p", p), ("r", r))}
+        if costs["p"] is None or costs["r"] is None:
+            continue
+        rows.append(
+            (f"Redis masters' CPU per {what}, µs", *(round(sum(c["us_per_event"].values()), 1) for c in costs.values()))
+        )
+        rows.append(
+            (
+                f"{what.split()[0]}s/s one Redis master holds (its core at 100 %)",
+                costs["p"]["one_master_per_s"],
+                costs["r"]["one_master_per_s"],
+            )
+        )
+        if costs["p"]["masters"] > 1:
+            rows.append(
+                (
+                    f"{what.split()[0]}s/s these {costs['p']['masters']} shards hold (the busiest master at 100 %)",
+                    costs["p"]["shards_per_s"],
+                    costs["r"]["shards_per_s"],
+                )
+            )
     row("notify", "new Redis connections per notification", last_notify("new_redis_per_request"))
     row("notify", "new Sentinel connections per notification", last_notify("new_sentinel_per_request"))
     stepped = [w for w in STEPPED if w in p]

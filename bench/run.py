@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
@@ -53,31 +52,6 @@ def sources_needed(settings: Settings) -> int:
     """Client addresses for the largest socket count within nginx's per-address limit (with headroom)."""
     per_address = int(role_default("nginx", "nginx_connections_per_ip") * 0.9)
     return math.ceil(settings.max_sockets() / per_address)
-
-
-class Measure:
-    """Runs a step while reading the pool's, the whole stack's and the client's CPU around it."""
-
-    def __init__(self, pool: Pool):
-        self.pool = pool
-
-    async def around(self, action, client_workers: list[int] = ()) -> tuple[object, dict]:
-        pool_pids, stack_pids = await asyncio.to_thread(lambda: (self.pool.pids(), self.pool.replica_pids()))
-        before = await asyncio.to_thread(lambda: (cpu_by_pid(pool_pids), cpu_by_pid(stack_pids)))
-        started = time.monotonic()
-        with client_cpu(client_workers) as client:
-            result = await action()
-        seconds = time.monotonic() - started
-        # Processes started meanwhile count whole; one that ended meanwhile (the publisher) is not read (cpu_spent).
-        stack_pids = sorted({*stack_pids, *await asyncio.to_thread(self.pool.replica_pids)})
-        after = await asyncio.to_thread(lambda: (cpu_by_pid(pool_pids), cpu_by_pid(stack_pids)))
-        return result, {
-            "seconds": round(seconds, 1),
-            "pool_processes": len(pool_pids),
-            "pool_cpu_s": round(cpu_spent(before[0], after[0]), 2),
-            "stack_cpu_s": round(cpu_spent(before[1], after[1]), 2),
-            "client_cpu_pct": round(100 * client["seconds"] / seconds, 1),
-        }
 
 
 def held(step: dict, bound_ms: float) -> bool:
@@ -149,36 +123,81 @@ async def rate(pool, measure, site, sources, settings: Settings, report) -> list
 
 
 class RedisCounters:
-    """Connections Redis's master and every Sentinel have accepted since they started (INFO stats)."""
+    """What the Redis masters and every Sentinel say of themselves (INFO): connections accepted since they
+    started, and each master's CPU seconds (all its threads) and commands processed."""
 
     def __init__(self, stack, secrets):
         self.stack, self.secrets = stack, secrets
         self.hosts = [h.name for h in stack.topology.group("redis")]
 
-    def _received(self, name: str, port: int, password: str) -> int:
+    def _info(self, name: str, port: int, password: str) -> dict[str, str]:
         out = self.stack.run(
             name, f"REDISCLI_AUTH={password} redis-cli -h {self.stack.address(name)} -p {port} --no-auth-warning INFO"
         ).stdout
-        return int(re.search(r"total_connections_received:(\d+)", out).group(1))
+        return dict(line.split(":", 1) for line in out.splitlines() if ":" in line and not line.startswith("#"))
 
-    def read(self) -> dict[str, int]:
+    def read(self) -> dict:
         redis_port = role_default("blueprint", "redis_port")
         sentinel_port = role_default("blueprint", "redis_sentinel_port")
-        master = sum(
-            self._received(n, redis_port, self.secrets["redis_password"])
-            for n in self.hosts
-            if "role:master"
-            in self.stack.run(
-                n,
-                f"REDISCLI_AUTH={self.secrets['redis_password']} redis-cli -h {self.stack.address(n)} "
-                f"-p {redis_port} --no-auth-warning INFO replication",
-            ).stdout
-        )
-        sentinels = sum(self._received(n, sentinel_port, self.secrets["redis_sentinel_password"]) for n in self.hosts)
-        return {"redis": master, "sentinel": sentinels}
+        redis = {n: self._info(n, redis_port, self.secrets["redis_password"]) for n in self.hosts}
+        masters = {n: info for n, info in redis.items() if info.get("role") == "master"}
+        sentinels = [self._info(n, sentinel_port, self.secrets["redis_sentinel_password"]) for n in self.hosts]
+        return {
+            "redis": sum(int(info["total_connections_received"]) for info in masters.values()),
+            "sentinel": sum(int(info["total_connections_received"]) for info in sentinels),
+            "masters": {
+                n: {
+                    "cpu_s": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+                    "commands": int(info["total_commands_processed"]),
+                }
+                for n, info in masters.items()
+            },
+        }
+
+    @staticmethod
+    def spent(before: dict, after: dict) -> dict:
+        """Between two readings: new connections, and per master (a master in both) CPU seconds and commands."""
+        masters = [n for n in after["masters"] if n in before["masters"]]
+        return {
+            "new_redis": after["redis"] - before["redis"],
+            "new_sentinel": after["sentinel"] - before["sentinel"],
+            "master_cpu_s": {
+                n: round(after["masters"][n]["cpu_s"] - before["masters"][n]["cpu_s"], 4) for n in masters
+            },
+            "master_commands": {n: after["masters"][n]["commands"] - before["masters"][n]["commands"] for n in masters},
+        }
 
 
-async def notify(pool, measure, site, sources, settings: Settings, counters: RedisCounters, report) -> list[dict]:
+class Measure:
+    """Runs a step while reading the pool's, the whole stack's and the client's CPU around it, and the Redis
+    masters' own counters (INFO: CPU seconds, commands, connections accepted; the Sentinels' connections)."""
+
+    def __init__(self, pool: Pool, counters: RedisCounters):
+        self.pool, self.counters = pool, counters
+
+    async def around(self, action, client_workers: list[int] = ()) -> tuple[object, dict]:
+        redis_before = await asyncio.to_thread(self.counters.read)
+        pool_pids, stack_pids = await asyncio.to_thread(lambda: (self.pool.pids(), self.pool.replica_pids()))
+        before = await asyncio.to_thread(lambda: (cpu_by_pid(pool_pids), cpu_by_pid(stack_pids)))
+        started = time.monotonic()
+        with client_cpu(client_workers) as client:
+            result = await action()
+        seconds = time.monotonic() - started
+        # Processes started meanwhile count whole; one that ended meanwhile (the publisher) is not read (cpu_spent).
+        stack_pids = sorted({*stack_pids, *await asyncio.to_thread(self.pool.replica_pids)})
+        after = await asyncio.to_thread(lambda: (cpu_by_pid(pool_pids), cpu_by_pid(stack_pids)))
+        redis_after = await asyncio.to_thread(self.counters.read)
+        return result, {
+            "seconds": round(seconds, 1),
+            "pool_processes": len(pool_pids),
+            "pool_cpu_s": round(cpu_spent(before[0], after[0]), 2),
+            "stack_cpu_s": round(cpu_spent(before[1], after[1]), 2),
+            "client_cpu_pct": round(100 * client["seconds"] / seconds, 1),
+            **RedisCounters.spent(redis_before, redis_after),
+        }
+
+
+async def notify(pool, measure, site, sources, settings: Settings, report) -> list[dict]:
     raw = pool.kind == "raw"
     path = f"/ws/notifications/?user={site.user_id}" if raw else "/ws/notifications/"
     sockets = Sockets(site, path, sources[:1], cookie=not raw)
@@ -206,7 +225,6 @@ async def notify(pool, measure, site, sources, settings: Settings, counters: Red
                 )
 
             count = max(1, round(per_second * settings.seconds))
-            before = await asyncio.to_thread(counters.read)
 
             async def run(count=count, received=received, per_second=per_second, request=request):
                 sent, statuses = await Requests(site, sources).run(per_second, count, request)
@@ -218,7 +236,6 @@ async def notify(pool, measure, site, sources, settings: Settings, counters: Red
                 return sent, statuses
 
             (sent, statuses), cost = await measure.around(run)
-            after = await asyncio.to_thread(counters.read)
             latencies = [received[i] - sent[i] for i in received if i in sent]
             failed = sum(n for status, n in statuses.items() if status not in (200, 202))
             step = {
@@ -231,8 +248,9 @@ async def notify(pool, measure, site, sources, settings: Settings, counters: Red
                 "p50_ms": _ms(percentile(latencies, 0.5)),
                 "p95_ms": _ms(percentile(latencies, 0.95)),
                 "p99_ms": _ms(percentile(latencies, 0.99)),
-                "new_redis_per_request": round((after["redis"] - before["redis"]) / count, 2),
-                "new_sentinel_per_request": round((after["sentinel"] - before["sentinel"]) / count, 2),
+                "accepted": count - failed,
+                "new_redis_per_request": round(cost.pop("new_redis") / count, 2),
+                "new_sentinel_per_request": round(cost.pop("new_sentinel") / count, 2),
                 **cost,
             }
             steps.append(step)
@@ -285,9 +303,9 @@ async def idle(pool, site, sources, settings: Settings, report) -> dict:
     return figures
 
 
-async def measure_pool(pool, site, sources, settings: Settings, counters, say) -> dict:
+async def measure_pool(pool, site, sources, settings: Settings, counters: RedisCounters, say) -> dict:
     """Every workload against what runs on the pool now."""
-    measure = Measure(pool)
+    measure = Measure(pool, counters)
 
     def reporter(workload):
         return lambda step: say(f"{pool.kind:7} {workload:9} " + " ".join(f"{k}={v}" for k, v in step.items()))
@@ -296,7 +314,7 @@ async def measure_pool(pool, site, sources, settings: Settings, counters, say) -
         "idle": lambda: idle(pool, site, sources, settings, reporter("idle")),
         "broadcast": lambda: broadcast(pool, measure, site, sources, settings, reporter("broadcast")),
         "rate": lambda: rate(pool, measure, site, sources, settings, reporter("rate")),
-        "notify": lambda: notify(pool, measure, site, sources, settings, counters, reporter("notify")),
+        "notify": lambda: notify(pool, measure, site, sources, settings, reporter("notify")),
     }
     return {name: await workloads[name]() for name in WORKLOADS if name in settings.workloads}
 

@@ -47,6 +47,11 @@ def test_the_benchmark_runs_end_to_end_beside_its_raw_baseline(site, stack, host
             assert step["pool_processes"] == instances, step
         # At these counts nothing may be lost: every tick reached every socket.
         assert first["lost"] == 0, first
+        # Every step read the one Redis master's own counters around it: the notifications went
+        # through it (commands counted) and its CPU was read.
+        for step in (*figures["rate"], *figures["notify"]):
+            assert len(step["master_cpu_s"]) == 1, step
+        assert sum(figures["notify"][-1]["master_commands"].values()) >= figures["notify"][-1]["accepted"] > 0
 
     written = json.loads((tmp_path / "results.json").read_text())
     assert set(written) >= {"project", "raw", "settings", "machine"}

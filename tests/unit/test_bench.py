@@ -130,3 +130,65 @@ def test_cpu_by_pid_reads_live_processes_and_skips_gone_ones():
     seconds = cpu_by_pid([os.getpid(), 2**22 + 1])
     assert list(seconds) == [os.getpid()]
     assert seconds[os.getpid()] >= 0
+
+
+def notify_steps(masters: dict[str, tuple[float, float]], rates=(10, 50, 100), seconds=10.0) -> list[dict]:
+    """Notify steps whose masters spend `idle` CPU s/s plus `us` µs per accepted notification."""
+    return [
+        step(
+            "rate",
+            rate,
+            40,
+            failed=0,
+            new_redis_per_request=0.0,
+            new_sentinel_per_request=0.0,
+            accepted=rate * seconds,
+            seconds=seconds,
+            master_cpu_s={m: (idle + rate * us / 1e6) * seconds for m, (idle, us) in masters.items()},
+        )
+        for rate in rates
+    ]
+
+
+def test_a_masters_cost_per_event_leaves_its_idle_work_out_and_says_what_one_master_holds():
+    cost = report.master_cost(notify_steps({"redis1": (0.01, 40.0)}), "accepted")
+    assert cost["fitted"]
+    assert cost["masters"] == 1
+    assert cost["us_per_event"] == {"redis1": 40.0}
+    assert cost["one_master_per_s"] == cost["shards_per_s"] == 25_000
+
+
+def test_shards_hold_what_their_busiest_master_allows_one_master_what_all_of_them_spend():
+    cost = report.master_cost(notify_steps({"redis1": (0.01, 30.0), "redis3": (0.02, 10.0)}), "accepted")
+    assert cost["us_per_event"] == {"redis1": 30.0, "redis3": 10.0}
+    assert cost["one_master_per_s"] == 25_000  # 40 µs on one core
+    assert cost["shards_per_s"] == 33_333  # redis1's 30 µs: the busier shard saturates first
+
+
+def test_a_master_the_events_do_not_reach_costs_nothing_per_event_and_leaves_the_busiest_as_the_limit():
+    steps = notify_steps({"redis1": (0.01, 30.0), "redis3": (0.003, 0.0)})
+    for number, each in enumerate(steps):  # its idle work wobbles down a little as the rate grows
+        each["master_cpu_s"]["redis3"] -= 0.001 * number
+    cost = report.master_cost(steps, "accepted")
+    assert cost["us_per_event"] == {"redis1": 30.0, "redis3": 0.0}
+    assert cost["one_master_per_s"] == cost["shards_per_s"] == 33_333
+
+
+def test_a_single_rate_counts_the_idle_work_too_and_says_it_was_not_fitted():
+    cost = report.master_cost(notify_steps({"redis1": (0.01, 40.0)}, rates=(10,)), "accepted")
+    assert not cost["fitted"]
+    assert cost["us_per_event"] == {"redis1": 1040.0}  # 10 ms/s of idle work over 10 events/s
+    assert report.master_cost([{"accepted": 0, "seconds": 10.0, "master_cpu_s": {"redis1": 0.1}}], "accepted") is None
+
+
+def test_the_summary_quotes_the_masters_cost_and_a_shards_row_only_with_several_masters():
+    one = notify_steps({"redis1": (0.01, 40.0)})
+    two = notify_steps({"redis1": (0.01, 30.0), "redis3": (0.0, 10.0)})
+    results = {**RESULTS, "project": {**RESULTS["project"], "notify": one}, "raw": {**RESULTS["raw"], "notify": one}}
+    rows = {name: (project, raw) for name, project, raw in report.summary(results)}
+    assert rows["Redis masters' CPU per notification, µs"] == (40.0, 40.0)
+    assert rows["notifications/s one Redis master holds (its core at 100 %)"] == (25_000, 25_000)
+    assert not [name for name in rows if "shards hold" in name]
+    results["project"]["notify"] = results["raw"]["notify"] = two
+    rows = {name: (project, raw) for name, project, raw in report.summary(results)}
+    assert rows["notifications/s these 2 shards hold (the busiest master at 100 %)"] == (33_333, 33_333)
