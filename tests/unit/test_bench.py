@@ -179,6 +179,14 @@ def test_a_single_rate_counts_the_idle_work_too_and_says_it_was_not_fitted():
     assert not cost["fitted"]
     assert cost["us_per_event"] == {"redis1": 1040.0}  # 10 ms/s of idle work over 10 events/s
     assert report.master_cost([{"accepted": 0, "seconds": 10.0, "master_cpu_s": {"redis1": 0.1}}], "accepted") is None
+    single = notify_steps({"redis1": (0.01, 40.0)}, rates=(10,))
+    results = {
+        **RESULTS,
+        "project": {**RESULTS["project"], "notify": single},
+        "raw": {**RESULTS["raw"], "notify": single},
+    }
+    rows = {name: (project, raw) for name, project, raw in report.summary(results)}
+    assert rows["Redis masters' CPU per notification, µs (one rate: idle work included)"] == (1040.0, 1040.0)
 
 
 def test_the_summary_quotes_the_masters_cost_and_a_shards_row_only_with_several_masters():
