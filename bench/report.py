@@ -106,9 +106,9 @@ def summary(results: dict) -> list[tuple[str, object, object]]:
     )
     row("idle", "CPU with no socket, % of one core", lambda x: x["idle"]["cpu_pct_no_socket"])
     row("idle", "memory per socket, KiB (PSS of the ws processes)", lambda x: x["idle"]["kib_per_socket"])
-    for workload, events, what in (
-        ("notify", "accepted", "notification"),
-        ("rate", "published", f"broadcast to {s['rate_sockets']:,} sockets"),
+    for workload, events, noun, what in (
+        ("notify", "accepted", "notification", "notification"),
+        ("rate", "published", "broadcast", f"broadcast to {s['rate_sockets']:,} sockets"),
     ):
         costs = {kind: master_cost(x.get(workload, []), events) for kind, x in (("p", p), ("r", r))}
         if costs["p"] is None or costs["r"] is None:
@@ -123,7 +123,7 @@ def summary(results: dict) -> list[tuple[str, object, object]]:
         )
         rows.append(
             (
-                f"{what.split()[0]}s/s one Redis master holds (its core at 100 %)",
+                f"{noun}s/s one Redis master holds (its core at 100 %)",
                 costs["p"]["one_master_per_s"],
                 costs["r"]["one_master_per_s"],
             )
@@ -131,7 +131,7 @@ def summary(results: dict) -> list[tuple[str, object, object]]:
         if costs["p"]["masters"] > 1:
             rows.append(
                 (
-                    f"{what.split()[0]}s/s these {costs['p']['masters']} shards hold (the busiest master at 100 %)",
+                    f"{noun}s/s these {costs['p']['masters']} shards hold (the busiest master at 100 %)",
                     costs["p"]["shards_per_s"],
                     costs["r"]["shards_per_s"],
                 )
