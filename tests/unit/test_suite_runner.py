@@ -1,11 +1,13 @@
-"""The suite runner's time limits: a hung stage is cut off, reports where it
-stood, and leaves the rest of the run its time (tests/run.py)."""
+"""The suite runner (tests/run.py): a hung stage is cut off, reports where it
+stood, and leaves the rest of the run its time; steps run side by side really
+run at once and print their output whole."""
 
 from __future__ import annotations
 
 import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 from tests import run
 
@@ -31,6 +33,41 @@ def test_a_command_past_its_limit_is_cut_off_promptly():
 def test_a_command_within_its_limit_keeps_its_exit_code():
     assert run.run_limited([sys.executable, "-c", "raise SystemExit(3)"], run.ROOT, 60) == (3, False)
     assert run.run_limited([sys.executable, "-c", "pass"], run.ROOT, None) == (0, False)
+
+
+def test_steps_side_by_side_run_at_once_and_print_each_ones_output_whole(tmp_path, capfd):
+    # Each waits for a file only the other writes (one after the other, the first would be cut
+    # off), so their lines alternate in time: waiter 0, writer 0 to 2, waiter 1 and 2.
+    started, done = tmp_path / "started", tmp_path / "done"
+
+    def program(*lines: str) -> list[str]:
+        return [sys.executable, "-c", "\n".join(["import pathlib, sys, time", *lines])]
+
+    def wait_for(flag: Path) -> str:
+        return f"while not pathlib.Path({str(flag)!r}).exists(): time.sleep(0.05)"
+
+    def write(flag: Path) -> str:
+        return f"pathlib.Path({str(flag)!r}).write_text('x')"
+
+    def say(name: str, *numbers: int) -> str:
+        return "; ".join(f"print({name!r}, {i}, flush=True)" for i in numbers)
+
+    waits = program(say("waiter", 0), write(started), wait_for(done), say("waiter", 1, 2), "sys.exit(0)")
+    writes = program(wait_for(started), say("writer", 0, 1, 2), write(done), "sys.exit(1)")
+
+    results = run.side_by_side(
+        lambda: run.step("waiter", waits, limit=30, buffered=True),
+        lambda: run.step("writer", writes, limit=30, buffered=True),
+    )
+
+    assert results == [True, False]
+    out = capfd.readouterr().out
+    for name in ("waiter", "writer"):
+        # Each step's lines together, under its own heading, then its outcome.
+        block = f"=== {name}: output\n{name} 0\n{name} 1\n{name} 2\n=== {name}: "
+        assert block in out, out
+    assert "=== writer: FAILED in" in out
+    assert "=== waiter: ok in" in out
 
 
 def test_a_hung_pytest_stage_fails_with_its_report_and_its_stacks(tmp_path, monkeypatch, capfd):
