@@ -42,13 +42,25 @@ These traps decide the values below (all seen on this stack):
   ``group_send`` writes): on a two-shard layer 8 of 20 direct sends were never
   read (the readiness check's round trip is one). The layer hashes the
   process's part of such a name only (``FailoverAwareChannelLayer.consistent_hash``).
+* A call that answers a request (``POST /api/notifications/``) bounds its time
+  (``NOTIFY_SEND_TIMEOUT``). While one shard fails over, every call that needs
+  it held its gunicorn thread that long: with 15 of 16 users' sockets on the
+  failing shard, the pool's threads were all waiting and the other shard's
+  posts queued for up to 5.4 s. A shard on which a bounded call ran out of
+  time is now paused for the process: bounded calls that need it are refused
+  at once until one of them, after ``LAYER_SHARD_PAUSE``, finds it answering
+  (``FailoverAwareChannelLayer.bounded``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import contextvars
+import logging
 import time
+from dataclasses import dataclass, field
 
 from channels_redis.core import RedisChannelLayer
 from channels_redis.utils import _consistent_hash
@@ -57,6 +69,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+log = logging.getLogger(__name__)
 
 # The channel layer's blocking read of a process's channel (BZPOPMIN), seconds.
 BLOCKING_READ_SECONDS = 1
@@ -245,12 +259,76 @@ def layer_host(spec: dict) -> dict:
 GROUP_SEND_TARGETS: contextvars.ContextVar[int | None] = contextvars.ContextVar("group_send_targets", default=None)
 
 
+class ShardPaused(builtins.TimeoutError):
+    """A bounded call refused at once: a shard it needs is paused (FailoverAwareChannelLayer.bounded)."""
+
+
+@dataclass
+class _Bounded:
+    """One bounded call: its time, and the shards it asked for, in order (the last one is the one it waits on)."""
+
+    seconds: float
+    shards: list[int] = field(default_factory=list)
+
+
+# The bounded call running in this task, if any.
+_BOUNDED: contextvars.ContextVar[_Bounded | None] = contextvars.ContextVar("bounded_layer_call", default=None)
+
+
 class FailoverAwareChannelLayer(RedisChannelLayer):
     """channels_redis's layer with a short blocking read (see the module's docstring),
-    telling how many channels each group_send addressed (GROUP_SEND_TARGETS), and
-    adding many channels to a group in one round trip (the state keeper's renewals)."""
+    telling how many channels each group_send addressed (GROUP_SEND_TARGETS),
+    adding many channels to a group in one round trip (the state keeper's renewals),
+    and failing fast, for the calls that ask it (``bounded``), on a shard that just
+    did not answer in time."""
 
     brpop_timeout = BLOCKING_READ_SECONDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Shard -> until when (time.monotonic()) this process's bounded calls are refused it.
+        self.paused_until: dict[int, float] = {}
+
+    def connection(self, index):
+        call = _BOUNDED.get()
+        if call is not None:
+            until = self.paused_until.get(index)
+            if until is not None:
+                now = time.monotonic()
+                if now < until:
+                    raise ShardPaused(f"channel layer shard {index} paused for {until - now:.1f} s more")
+                # The pause is over: this call tries the shard, the others are still refused until it knows.
+                self.paused_until[index] = now + call.seconds
+            call.shards.append(index)
+        return super().connection(index)
+
+    @contextlib.asynccontextmanager
+    async def bounded(self, seconds: float, pause: float):
+        """The layer's calls inside take at most `seconds` in all (then TimeoutError).
+
+        When they run out of time waiting on a shard (a failover, a lost master), that shard is
+        paused for this process: every bounded call that needs it is refused at once
+        (ShardPaused, a TimeoutError) for `pause` seconds. Then the next one tries it, and the
+        others are still refused until that one knows: a failing shard holds one of the
+        process's threads at a time instead of all of them, and calls for the other shards
+        are served meanwhile. A call that completes lifts the pause of every shard it used.
+        """
+        call = _Bounded(seconds)
+        token = _BOUNDED.set(call)
+        try:
+            async with asyncio.timeout(seconds):
+                yield
+        except builtins.TimeoutError as error:
+            if call.shards and not isinstance(error, ShardPaused):
+                shard = call.shards[-1]
+                self.paused_until[shard] = time.monotonic() + pause
+                log.warning("channel layer shard %s did not answer within %s s: paused for %s s", shard, seconds, pause)
+            raise
+        else:
+            for shard in call.shards:
+                self.paused_until.pop(shard, None)
+        finally:
+            _BOUNDED.reset(token)
 
     def consistent_hash(self, value):
         # A process's channel lives on the shard its reader reads (see the module's docstring).

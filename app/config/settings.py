@@ -203,6 +203,9 @@ if NOTIFY_API_TOKEN and len(NOTIFY_API_TOKEN) < 24:
     env.error("NOTIFY_API_TOKEN must be at least 24 characters")
 # How long POST /api/notifications/ waits for the channel layer before 503 (with Retry-After).
 NOTIFY_SEND_TIMEOUT = env.float("NOTIFY_SEND_TIMEOUT", 2.0, minimum=0.1)
+# After a call bounded like that runs out of time on a channel layer shard, how long the process
+# refuses such calls that need the shard before one tries it again (config.redis: bounded).
+LAYER_SHARD_PAUSE = env.float("LAYER_SHARD_PAUSE", 1.0, minimum=0.1)
 READYZ_TIMEOUT = env.float("READYZ_TIMEOUT", 2.0, minimum=0.1)
 AGGREGATE_UPSTREAMS = {}
 for _item in env.list("AGGREGATE_UPSTREAMS"):

@@ -13,6 +13,8 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from config.redis import ShardPaused
+
 from .services import send_notification
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,11 @@ def notifications_api(request: HttpRequest) -> JsonResponse:
         return _error(400, "user_id names no active user")
     try:
         send_notification(user_id, message)
-    except Exception:
-        log.exception("notification could not be queued", extra={"user_id": user_id})
+    except Exception as error:
+        if isinstance(error, ShardPaused):
+            # Refused at once while its shard recovers: one line each, not a traceback.
+            log.warning("notification refused: %s", error, extra={"user_id": user_id})
+        else:
+            log.exception("notification could not be queued", extra={"user_id": user_id})
         return _error(503, "channel layer unavailable", **{"Retry-After": str(RETRY_AFTER_SECONDS)})
     return JsonResponse({"status": "queued", "user_id": user_id}, status=202)

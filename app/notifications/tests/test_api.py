@@ -122,6 +122,21 @@ def test_a_layer_without_a_master_fails_fast_with_retry_after(client, user, sett
     assert time.monotonic() - started < 3
 
 
+def test_a_paused_shard_is_503_with_retry_after_and_one_log_line(client, user, monkeypatch, caplog):
+    from config.redis import ShardPaused
+
+    def paused(user_id, message):
+        raise ShardPaused("channel layer shard 1 paused for 0.8 s more")
+
+    monkeypatch.setattr(views, "send_notification", paused)
+    response = post(client, {"user_id": user.pk, "message": "hi"}, Authorization=f"Bearer {TOKEN}")
+    assert response.status_code == 503
+    assert response["Retry-After"] == str(views.RETRY_AFTER_SECONDS)
+    [record] = [r for r in caplog.records if r.name == views.log.name]
+    assert record.exc_info is None
+    assert "shard 1 paused" in record.getMessage()
+
+
 def test_notify_command(user, monkeypatch):
     calls = []
     monkeypatch.setattr(

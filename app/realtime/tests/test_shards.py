@@ -1,6 +1,7 @@
 """A channel layer sharded over two real redis-servers: what lives where, and that every socket is still served."""
 
 import asyncio
+import signal
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -8,7 +9,7 @@ from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from redis.exceptions import ConnectionError
 
-from config.redis import shard_of
+from config.redis import ShardPaused, shard_of
 from notifications.services import asend_notification
 from ops.views import check_redis
 from realtime import limits
@@ -137,3 +138,43 @@ async def test_with_one_shard_down_the_others_slots_and_groups_are_still_renewed
         sharded[down].start()
         for communicator in sockets.values():
             await communicator.disconnect()
+
+
+async def test_a_shard_that_stops_answering_is_refused_at_once_until_it_answers_again(sharded, settings):
+    """A notification's send is bounded (NOTIFY_SEND_TIMEOUT); the shard it ran out of time on is
+    refused at once to the process's next ones (ShardPaused), while the other shard is served;
+    after LAYER_SHARD_PAUSE one send tries it again, the others still refused meanwhile; once it
+    answers, sends pass again. The server is frozen (SIGSTOP): a host that answers nothing."""
+    settings.NOTIFY_SEND_TIMEOUT, settings.LAYER_SHARD_PAUSE = 0.5, 1.0
+    layer = get_channel_layer()
+    users = [await get_user_model().objects.acreate(username=f"paused-{n}") for n in range(20)]
+    frozen = 1
+    on_frozen = next(u.pk for u in users if layer.consistent_hash(f"notifications_{u.pk}") == frozen)
+    on_other = next(u.pk for u in users if layer.consistent_hash(f"notifications_{u.pk}") != frozen)
+    for pk in (on_frozen, on_other):
+        await asend_notification(pk, "both shards answer")
+
+    sharded[frozen].process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(TimeoutError) as first:
+            await asend_notification(on_frozen, "waits its whole time")
+        assert not isinstance(first.value, ShardPaused)
+        with pytest.raises(ShardPaused):
+            await asend_notification(on_frozen, "refused at once")
+        await asend_notification(on_other, "the other shard is served")
+
+        await asyncio.sleep(settings.LAYER_SHARD_PAUSE)
+        probe = asyncio.create_task(asend_notification(on_frozen, "tries the shard again"))
+        await asyncio.sleep(0.1)
+        with pytest.raises(ShardPaused):
+            await asend_notification(on_frozen, "refused while the other one tries")
+        with pytest.raises(TimeoutError) as tried:
+            await probe
+        assert not isinstance(tried.value, ShardPaused)
+    finally:
+        sharded[frozen].process.send_signal(signal.SIGCONT)
+
+    await asyncio.sleep(settings.LAYER_SHARD_PAUSE)
+    await asend_notification(on_frozen, "answers again")
+    assert layer.paused_until == {}
+    await asend_notification(on_frozen, "and stays open")
