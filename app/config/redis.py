@@ -265,10 +265,11 @@ class ShardPaused(builtins.TimeoutError):
 
 @dataclass
 class _Bounded:
-    """One bounded call: its time, and the shards it asked for, in order (the last one is the one it waits on)."""
+    """One bounded call: its time, the shards it asked for, and the one it asked for last (what it waits on)."""
 
     seconds: float
     shards: list[int] = field(default_factory=list)
+    waiting_on: int | None = None
 
 
 # The bounded call running in this task, if any.
@@ -292,6 +293,10 @@ class FailoverAwareChannelLayer(RedisChannelLayer):
     def connection(self, index):
         call = _BOUNDED.get()
         if call is not None:
+            call.waiting_on = index
+        # A shard is checked the first time a call asks for it: group_send asks for the group's
+        # shard again when it writes to its members, and a call trying a shard must not refuse itself.
+        if call is not None and index not in call.shards:
             until = self.paused_until.get(index)
             if until is not None:
                 now = time.monotonic()
@@ -319,8 +324,8 @@ class FailoverAwareChannelLayer(RedisChannelLayer):
             async with asyncio.timeout(seconds):
                 yield
         except builtins.TimeoutError as error:
-            if call.shards and not isinstance(error, ShardPaused):
-                shard = call.shards[-1]
+            if call.waiting_on is not None and not isinstance(error, ShardPaused):
+                shard = call.waiting_on
                 self.paused_until[shard] = time.monotonic() + pause
                 log.warning("channel layer shard %s did not answer within %s s: paused for %s s", shard, seconds, pause)
             raise

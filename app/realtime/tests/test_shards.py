@@ -144,37 +144,50 @@ async def test_a_shard_that_stops_answering_is_refused_at_once_until_it_answers_
     """A notification's send is bounded (NOTIFY_SEND_TIMEOUT); the shard it ran out of time on is
     refused at once to the process's next ones (ShardPaused), while the other shard is served;
     after LAYER_SHARD_PAUSE one send tries it again, the others still refused meanwhile; once it
-    answers, sends pass again. The server is frozen (SIGSTOP): a host that answers nothing."""
+    answers, sends pass again and reach the socket. The frozen shard holds both the user's group
+    and the process's inbox, so each send asks for it twice (the group, then its member): a send
+    trying the shard must not refuse itself. The server is frozen (SIGSTOP): a host that answers
+    nothing."""
     settings.NOTIFY_SEND_TIMEOUT, settings.LAYER_SHARD_PAUSE = 0.5, 1.0
     layer = get_channel_layer()
+    frozen = layer.consistent_hash(await layer.new_channel())
     users = [await get_user_model().objects.acreate(username=f"paused-{n}") for n in range(20)]
-    frozen = 1
-    on_frozen = next(u.pk for u in users if layer.consistent_hash(f"notifications_{u.pk}") == frozen)
+    on_frozen = next(u for u in users if layer.consistent_hash(f"notifications_{u.pk}") == frozen)
     on_other = next(u.pk for u in users if layer.consistent_hash(f"notifications_{u.pk}") != frozen)
-    for pk in (on_frozen, on_other):
-        await asend_notification(pk, "both shards answer")
-
-    sharded[frozen].process.send_signal(signal.SIGSTOP)
+    communicator, accepted, _ = await connect("/ws/notifications/", await sync_to_async(session_headers)(on_frozen))
+    assert accepted
     try:
-        with pytest.raises(TimeoutError) as first:
-            await asend_notification(on_frozen, "waits its whole time")
-        assert not isinstance(first.value, ShardPaused)
-        with pytest.raises(ShardPaused):
-            await asend_notification(on_frozen, "refused at once")
-        await asend_notification(on_other, "the other shard is served")
+        await asend_notification(on_frozen.pk, "both shards answer")
+        assert (await communicator.receive_json_from(5))["message"] == "both shards answer"
+        await asend_notification(on_other, "both shards answer")
+
+        sharded[frozen].process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError) as first:
+                await asend_notification(on_frozen.pk, "waits its whole time")
+            assert not isinstance(first.value, ShardPaused)
+            with pytest.raises(ShardPaused):
+                await asend_notification(on_frozen.pk, "refused at once")
+            await asend_notification(on_other, "the other shard is served")
+
+            await asyncio.sleep(settings.LAYER_SHARD_PAUSE)
+            probe = asyncio.create_task(asend_notification(on_frozen.pk, "tries the shard again"))
+            await asyncio.sleep(0.1)
+            with pytest.raises(ShardPaused):
+                await asend_notification(on_frozen.pk, "refused while the other one tries")
+            with pytest.raises(TimeoutError) as tried:
+                await probe
+            assert not isinstance(tried.value, ShardPaused)
+        finally:
+            sharded[frozen].process.send_signal(signal.SIGCONT)
 
         await asyncio.sleep(settings.LAYER_SHARD_PAUSE)
-        probe = asyncio.create_task(asend_notification(on_frozen, "tries the shard again"))
-        await asyncio.sleep(0.1)
-        with pytest.raises(ShardPaused):
-            await asend_notification(on_frozen, "refused while the other one tries")
-        with pytest.raises(TimeoutError) as tried:
-            await probe
-        assert not isinstance(tried.value, ShardPaused)
+        await asend_notification(on_frozen.pk, "answers again")
+        assert layer.paused_until == {}
+        await asend_notification(on_frozen.pk, "and stays open")
+        received = []
+        while "and stays open" not in received:
+            received.append((await communicator.receive_json_from(5))["message"])
+        assert "answers again" in received
     finally:
-        sharded[frozen].process.send_signal(signal.SIGCONT)
-
-    await asyncio.sleep(settings.LAYER_SHARD_PAUSE)
-    await asend_notification(on_frozen, "answers again")
-    assert layer.paused_until == {}
-    await asend_notification(on_frozen, "and stays open")
+        await communicator.disconnect()
