@@ -8,6 +8,7 @@ minus the `ts` the publisher stamped on it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import multiprocessing
@@ -71,6 +72,31 @@ def login(base: str, context: ssl.SSLContext, username: str, password: str) -> t
         raise RuntimeError(f"login as {username} answered {answer.status_code}: {answer.text[:500]}")
     user_id = int(re.search(r'data-user-id="(\d+)"', client.get("/").text).group(1))
     return client, user_id
+
+
+# Django's shell on an http host: users PREFIX0... made if missing, each with a new logged-in session.
+SESSIONS_FOR = """
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+for n in range({count}):
+    user, _ = get_user_model().objects.get_or_create(username=f"{prefix}{{n}}")
+    s = SessionStore()
+    s[SESSION_KEY], s[BACKEND_SESSION_KEY] = str(user.pk), "django.contrib.auth.backends.ModelBackend"
+    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    s.create()
+    print("session", s.session_key, user.pk)
+"""
+
+
+def made_users(run, prefix: str, count: int) -> list[tuple[str, int]]:
+    """(session cookie, user id) of `count` users `prefix`0... (made if missing), logged in; `run(command)` runs
+    a shell command on an http host and returns its output."""
+    script = base64.b64encode(SESSIONS_FOR.format(prefix=prefix, count=count).encode()).decode()
+    output = run(f"echo {script} | base64 -d | channels-manage shell --no-imports")
+    users = [(session, int(pk)) for session, pk in re.findall(r"^session (\S+) (\d+)$", output, re.M)]
+    if len(users) != count:
+        raise RuntimeError(f"{count} users {prefix}... asked, {len(users)} made: {output[-2000:]}")
+    return users
 
 
 def percentile(values: list[float], fraction: float) -> float | None:

@@ -3,9 +3,9 @@
 broadcast  sockets stepped up at 1 broadcast/s until p95 delivery exceeds the
            bound or any update is lost
 rate       at a fixed socket count, the broadcast rate stepped up, same criterion
-notify     POST /api/notifications/ (raw: its GET) -> the user's socket, stepped
-           rates: p95 post-to-receive, non-2xx answers, new Redis and Sentinel
-           connections per request
+notify     POST /api/notifications/ (raw: its GET) -> the user's socket, to 20
+           users in turn, stepped rates: p95 post-to-receive, non-2xx answers,
+           new Redis and Sentinel connections per request
 idle       the pool's CPU with no socket and with N idle ones, and its memory
            (PSS) per socket
 """
@@ -16,10 +16,10 @@ import asyncio
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from urllib.parse import quote
 
-from bench.load import Fleet, Requests, Site, Sockets, Window, client_cpu, percentile
+from bench.load import Fleet, Requests, Site, Sockets, Window, client_cpu, made_users, percentile
 from bench.pools import Pool, cpu_by_pid, cpu_spent, pss_kib, role_default
 
 BOUND_MS = 250  # p95 delivery of a broadcast
@@ -35,6 +35,7 @@ class Settings:
     rate_sockets: int = 1000
     rate_steps: list[float] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 200])
     notify_steps: list[float] = field(default_factory=lambda: [10, 25, 50, 100, 200, 300, 500])
+    notify_users: int = 20  # the notifications' users, in turn: enough for their groups to spread over shards
     idle_sockets: int = 1000
     seconds: float = 10  # each measured step
     workloads: tuple[str, ...] = WORKLOADS
@@ -44,7 +45,13 @@ class Settings:
 
 
 SMOKE = Settings(
-    socket_steps=[10, 20], rate_sockets=10, rate_steps=[1, 5], notify_steps=[5], idle_sockets=10, seconds=2
+    socket_steps=[10, 20],
+    rate_sockets=10,
+    rate_steps=[1, 5],
+    notify_steps=[5],
+    notify_users=2,
+    idle_sockets=10,
+    seconds=2,
 )
 
 
@@ -197,13 +204,22 @@ class Measure:
         }
 
 
-async def notify(pool, measure, site, sources, settings: Settings, report) -> list[dict]:
+async def notify(pool, measure, site, sources, settings: Settings, report, users: list[tuple[str, int]]) -> list[dict]:
+    """The notifications go to `users` (session, id) in turn, one socket each: on a sharded layer their groups
+    hash over every shard, as many users' do."""
     raw = pool.kind == "raw"
-    path = f"/ws/notifications/?user={site.user_id}" if raw else "/ws/notifications/"
-    sockets = Sockets(site, path, sources[:1], cookie=not raw)
+    sockets = [
+        Sockets(
+            replace(site, session=session, user_id=user_id),
+            f"/ws/notifications/?user={user_id}" if raw else "/ws/notifications/",
+            sources[i % len(sources) :][:1],
+            cookie=not raw,
+        )
+        for i, (session, user_id) in enumerate(users)
+    ]
     steps = []
     try:
-        await sockets.grow(1)
+        await asyncio.gather(*(each.grow(1) for each in sockets))
         for per_second in settings.notify_steps:
             marker, received = f"N{per_second:g}", {}
 
@@ -213,14 +229,16 @@ async def notify(pool, measure, site, sources, settings: Settings, report) -> li
                 if text.startswith(marker + " "):
                     received.setdefault(int(text.split()[1]), now)
 
-            sockets.on_frame = on_frame
+            for each in sockets:
+                each.on_frame = on_frame
 
             async def request(client, i, marker=marker):
+                user_id = users[i % len(users)][1]
                 if raw:
-                    return await client.get(f"/ws/raw-notify/?user={site.user_id}&message={quote(f'{marker} {i}')}")
+                    return await client.get(f"/ws/raw-notify/?user={user_id}&message={quote(f'{marker} {i}')}")
                 return await client.post(
                     "/api/notifications/",
-                    json={"user_id": site.user_id, "message": f"{marker} {i}"},
+                    json={"user_id": user_id, "message": f"{marker} {i}"},
                     headers={"Authorization": f"Bearer {site.token}"},
                 )
 
@@ -258,7 +276,7 @@ async def notify(pool, measure, site, sources, settings: Settings, report) -> li
             if not held(step, NOTIFY_BOUND_MS):
                 break
     finally:
-        await sockets.close()
+        await asyncio.gather(*(each.close() for each in sockets))
         await asyncio.sleep(CALM_SECONDS)
     return steps
 
@@ -303,7 +321,9 @@ async def idle(pool, site, sources, settings: Settings, report) -> dict:
     return figures
 
 
-async def measure_pool(pool, site, sources, settings: Settings, counters: RedisCounters, say) -> dict:
+async def measure_pool(
+    pool, site, sources, settings: Settings, counters: RedisCounters, users: list[tuple[str, int]], say
+) -> dict:
     """Every workload against what runs on the pool now."""
     measure = Measure(pool, counters)
 
@@ -314,7 +334,7 @@ async def measure_pool(pool, site, sources, settings: Settings, counters: RedisC
         "idle": lambda: idle(pool, site, sources, settings, reporter("idle")),
         "broadcast": lambda: broadcast(pool, measure, site, sources, settings, reporter("broadcast")),
         "rate": lambda: rate(pool, measure, site, sources, settings, reporter("rate")),
-        "notify": lambda: notify(pool, measure, site, sources, settings, reporter("notify")),
+        "notify": lambda: notify(pool, measure, site, sources, settings, reporter("notify"), users),
     }
     return {name: await workloads[name]() for name in WORKLOADS if name in settings.workloads}
 
@@ -324,13 +344,20 @@ async def run(stack, secrets, site: Site, sources, settings: Settings, say=print
     pool = Pool(stack, secrets)
     counters = RedisCounters(stack, secrets)
     results = {"settings": asdict(settings), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    http = stack.topology.group("http")[0].name
+
+    def on_http(command: str) -> str:
+        done = stack.run(http, command, 120)
+        return done.stdout + done.stderr
+
+    users = await asyncio.to_thread(made_users, on_http, "bench-", settings.notify_users)
     say("bench: installing the raw baseline's server on the ws hosts")
     await asyncio.to_thread(pool.install)
-    results["project"] = await measure_pool(pool, site, sources, settings, counters, say)
+    results["project"] = await measure_pool(pool, site, sources, settings, counters, users, say)
     try:
         say("bench: the raw baseline in place of the daphne instances (same ports)")
         await asyncio.to_thread(pool.use_raw)
-        results["raw"] = await measure_pool(pool, site, sources, settings, counters, say)
+        results["raw"] = await measure_pool(pool, site, sources, settings, counters, users, say)
     finally:
         await asyncio.to_thread(pool.restore)
         say("bench: daphne instances back in service")

@@ -9,7 +9,6 @@ and asserts the bound the blueprint promises. Every loop is bounded in time.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import json
@@ -22,6 +21,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bench.load import made_users
 from bench.pools import SECRETS_DIR
 from tests.replicas.conftest import (
     MASTER,
@@ -478,28 +478,14 @@ async def test_a_deploy_under_200_sockets_and_40_requests_a_second(site, hosts, 
 
 
 # Users created on the stack for the drills, each with a session cookie.
-SESSIONS_FOR = """
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
-for n in range({count}):
-    user, _ = get_user_model().objects.get_or_create(username=f"drill-{{n}}")
-    s = SessionStore()
-    s[SESSION_KEY], s[BACKEND_SESSION_KEY] = str(user.pk), "django.contrib.auth.backends.ModelBackend"
-    s[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    s.create()
-    print("session", s.session_key, user.pk)
-"""
-
-
 def drill_users(hosts, count: int) -> list[tuple[str, int]]:
     """(session cookie, user id) of `count` users drill-0... (made if missing), logged in."""
-    made = hosts[first("http")].run(
-        "echo %s | base64 -d | channels-manage shell --no-imports",
-        base64.b64encode(SESSIONS_FOR.format(count=count).encode()).decode(),
-    )
-    users = [(session, int(pk)) for session, pk in re.findall(r"^session (\S+) (\d+)$", made.stdout, re.M)]
-    assert len(users) == count, made.stdout + made.stderr
-    return users
+
+    def run(command: str) -> str:
+        done = hosts[first("http")].run(command)
+        return done.stdout + done.stderr
+
+    return made_users(run, "drill-", count)
 
 
 def drill_sessions(hosts, count: int) -> list[str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from datetime import UTC, datetime
 
+import pytest
+
 from bench import report
-from bench.load import Site, Window, live_frames, percentile
+from bench.load import Site, Window, live_frames, made_users, percentile
 from bench.pools import cpu_by_pid, cpu_spent, role_default
 from bench.run import BOUND_MS, SMOKE, Settings, held, sources_needed
 
@@ -200,3 +203,20 @@ def test_the_summary_quotes_the_masters_cost_and_a_shards_row_only_with_several_
     results["project"]["notify"] = results["raw"]["notify"] = two
     rows = {name: (project, raw) for name, project, raw in report.summary(results)}
     assert rows["notifications/s these 2 shards hold (the busiest master at 100 %)"] == (33_333, 33_333)
+
+
+def test_made_users_are_read_off_the_shells_output_and_fewer_than_asked_is_an_error():
+    commands = []
+
+    def run(command: str) -> str:
+        commands.append(command)
+        return "Warning: something\nsession abc123 7\nsession def456 9\n"
+
+    assert made_users(run, "bench-", 2) == [("abc123", 7), ("def456", 9)]
+    # The script sent is Python that makes users bench-0 and bench-1, each with a session.
+    script = base64.b64decode(commands[0].split()[1]).decode()
+    compile(script, "<shell>", "exec")
+    assert "range(2)" in script, script
+    assert 'username=f"bench-{n}"' in script, script
+    with pytest.raises(RuntimeError, match=r"3 users bench-\.\.\. asked, 2 made"):
+        made_users(run, "bench-", 3)
