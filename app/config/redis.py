@@ -265,9 +265,11 @@ class ShardPaused(builtins.TimeoutError):
 
 @dataclass
 class _Bounded:
-    """One bounded call: its time, the shards it asked for, and the one it asked for last (what it waits on)."""
+    """One bounded call: its time, its shards' pause, the shards it asked for, and the one it asked for last
+    (what it waits on)."""
 
     seconds: float
+    pause: float
     shards: list[int] = field(default_factory=list)
     waiting_on: int | None = None
 
@@ -302,8 +304,9 @@ class FailoverAwareChannelLayer(RedisChannelLayer):
                 now = time.monotonic()
                 if now < until:
                     raise ShardPaused(f"channel layer shard {index} paused for {until - now:.1f} s more")
-                # The pause is over: this call tries the shard, the others are still refused until it knows.
-                self.paused_until[index] = now + call.seconds
+                # The pause is over: this call tries the shard, and the next try is let through a pause
+                # later, whether this one has its answer by then or not (a failover may complete meanwhile).
+                self.paused_until[index] = now + call.pause
             call.shards.append(index)
         return super().connection(index)
 
@@ -313,12 +316,13 @@ class FailoverAwareChannelLayer(RedisChannelLayer):
 
         When they run out of time waiting on a shard (a failover, a lost master), that shard is
         paused for this process: every bounded call that needs it is refused at once
-        (ShardPaused, a TimeoutError) for `pause` seconds. Then the next one tries it, and the
-        others are still refused until that one knows: a failing shard holds one of the
-        process's threads at a time instead of all of them, and calls for the other shards
-        are served meanwhile. A call that completes lifts the pause of every shard it used.
+        (ShardPaused, a TimeoutError), but one every `pause` seconds, which tries it. A failing
+        shard then holds at most `seconds` / `pause` of the process's threads instead of all of
+        them, calls for the other shards are served meanwhile, and a shard that answers again
+        (its failover done) is tried within `pause`. A call that completes lifts the pause of
+        every shard it used.
         """
-        call = _Bounded(seconds)
+        call = _Bounded(seconds, pause)
         token = _BOUNDED.set(call)
         try:
             async with asyncio.timeout(seconds):

@@ -279,7 +279,7 @@ async def test_a_failover_of_one_shards_master_leaves_the_other_shards_traffic_u
     The HTTP pool is shared: until the first post for the failing shard runs out of its
     NOTIFY_SEND_TIMEOUT, those posts may hold every gunicorn thread and the others queue behind
     them. Then the shard is paused in that process (config/redis.py: bounded) and its posts are
-    refused at once, one of them trying it again after each LAYER_SHARD_PAUSE. The untouched
+    refused at once, but one every LAYER_SHARD_PAUSE, which tries it again. The untouched
     posts' time from sending is printed (before the pause: 5.1, 5.4 and 6.2 s at most in three
     runs with 15 of 16 sockets touched); the bound is on the layer's part: from the API's 202,
     each arrives within a second."""
