@@ -28,7 +28,8 @@ from bench.pools import cpu_by_pid, cpu_spent
 
 @dataclass
 class Site:
-    """The stack's front door as the client sees it: nginx's URL and certificate, a logged-in user."""
+    """The stack's front door as the client sees it: nginx's URL and certificate, the notification API's token,
+    and the logged-in user a socket opened with `cookie` is (bench.run.notify gives each socket its own)."""
 
     base: str
     cafile: str  # nginx's certificate

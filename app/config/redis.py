@@ -48,7 +48,7 @@ These traps decide the values below (all seen on this stack):
   failing shard, the pool's threads were all waiting and the other shard's
   posts queued for up to 5.4 s. A shard on which a bounded call ran out of
   time is now paused for the process: bounded calls that need it are refused
-  at once until one of them, after ``LAYER_SHARD_PAUSE``, finds it answering
+  at once, but one every ``LAYER_SHARD_PAUSE``, which tries it
   (``FailoverAwareChannelLayer.bounded``).
 """
 
