@@ -27,6 +27,24 @@ def _common_step(project: list[dict], raw: list[dict], key: str, bound_ms: float
     return pairs[0] if pairs else None
 
 
+def _per_event(points: list[tuple[float, dict[str, float]]]) -> tuple[dict[str, float], bool]:
+    """Each master's rate of something (`points`: event rate, {master: its rate}) fitted against the event rate:
+    the slope, what it adds per event (0 if it did not grow); with a single event rate, its rate over the
+    events (an upper bound: not fitted)."""
+    xs = [x for x, _ in points]
+    mean_x = sum(xs) / len(xs)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    per_event, fitted = {}, True
+    for master in sorted({m for _, ys in points for m in ys}):
+        ys = [each.get(master, 0.0) for _, each in points]
+        if spread > 0:
+            mean_y = sum(ys) / len(ys)
+            per_event[master] = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread)
+        else:
+            per_event[master], fitted = sum(ys) / sum(xs), False
+    return per_event, fitted
+
+
 def master_cost(steps: list[dict], events: str) -> dict | None:
     """What the Redis masters spend per event (`events`: a broadcast published, a notification accepted).
 
@@ -37,29 +55,30 @@ def master_cost(steps: list[dict], events: str) -> dict | None:
     there is nothing to fit: the master's CPU over the events, which counts that idle work
     too (an upper bound). One master running all of it holds 1e6 / the sum of the masters'
     µs events/s at 100 % of its core; the shards of this run hold 1e6 / the busiest one's.
+    Each master's commands per event are fitted the same way (how the work split over shards).
     """
-    points = [
-        (s[events] / s["seconds"], {m: cpu / s["seconds"] for m, cpu in s["master_cpu_s"].items()})
-        for s in steps
-        if s.get("master_cpu_s") and s.get("seconds") and s.get(events)
-    ]
-    if not points:
+    measured = [s for s in steps if s.get("master_cpu_s") and s.get("seconds") and s.get(events)]
+    if not measured:
         return None
-    xs = [x for x, _ in points]
-    mean_x = sum(xs) / len(xs)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    per_event, fitted = {}, True
-    for master in sorted({m for _, cpu in points for m in cpu}):
-        ys = [cpu.get(master, 0.0) for _, cpu in points]
-        if spread > 0:
-            mean_y = sum(ys) / len(ys)
-            slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread)
-        else:
-            slope, fitted = sum(ys) / sum(xs), False
-        per_event[master] = slope * 1e6
+    cpu, fitted = _per_event(
+        [(s[events] / s["seconds"], {m: c / s["seconds"] for m, c in s["master_cpu_s"].items()}) for s in measured]
+    )
+    per_event = {m: slope * 1e6 for m, slope in cpu.items()}
+    counted = [s for s in measured if s.get("master_commands")]
+    commands = (
+        _per_event(
+            [
+                (s[events] / s["seconds"], {m: n / s["seconds"] for m, n in s["master_commands"].items()})
+                for s in counted
+            ]
+        )[0]
+        if counted
+        else {}
+    )
     total, busiest = sum(per_event.values()), max(per_event.values())
     return {
         "us_per_event": {m: round(us, 1) for m, us in per_event.items()},
+        "commands_per_event": {m: round(n, 1) for m, n in commands.items()},
         "fitted": fitted,
         "one_master_per_s": round(1e6 / total) if total else None,
         "shards_per_s": round(1e6 / busiest) if busiest else None,
@@ -129,6 +148,11 @@ def summary(results: dict) -> list[tuple[str, object, object]]:
             )
         )
         if costs["p"]["masters"] > 1:
+            # How the work split over the shards: what the busiest master's figure comes from.
+            rows.append((f"Redis CPU per {what}, µs, each master", *(_each(c["us_per_event"]) for c in costs.values())))
+            rows.append(
+                (f"Redis commands per {what}, each master", *(_each(c["commands_per_event"]) for c in costs.values()))
+            )
             rows.append(
                 (
                     f"{noun}s/s these {costs['p']['masters']} shards hold (the busiest master at 100 %)",
@@ -147,6 +171,10 @@ def summary(results: dict) -> list[tuple[str, object, object]]:
             )
         )
     return rows
+
+
+def _each(per_master: dict[str, float]) -> str | None:
+    return " · ".join(f"{m} {v:g}" for m, v in sorted(per_master.items())) or None
 
 
 def _ratio(project, raw) -> str:

@@ -199,10 +199,18 @@ def test_the_summary_quotes_the_masters_cost_and_a_shards_row_only_with_several_
     rows = {name: (project, raw) for name, project, raw in report.summary(results)}
     assert rows["Redis masters' CPU per notification, µs"] == (40.0, 40.0)
     assert rows["notifications/s one Redis master holds (its core at 100 %)"] == (25_000, 25_000)
-    assert not [name for name in rows if "shards hold" in name]
+    assert not [name for name in rows if "shards hold" in name or "each master" in name]
+    for step_ in two:  # 6 commands per notification on redis1, 4 on redis3
+        step_["master_commands"] = {"redis1": 6 * step_["accepted"], "redis3": 4 * step_["accepted"]}
     results["project"]["notify"] = results["raw"]["notify"] = two
     rows = {name: (project, raw) for name, project, raw in report.summary(results)}
     assert rows["notifications/s these 2 shards hold (the busiest master at 100 %)"] == (33_333, 33_333)
+    # How the work split: each master's share, as the busiest master's figure comes from it.
+    assert rows["Redis CPU per notification, µs, each master"] == ("redis1 30 · redis3 10",) * 2
+    assert rows["Redis commands per notification, each master"] == ("redis1 6 · redis3 4",) * 2
+    assert "| Redis commands per notification, each master | redis1 6 · redis3 4 | redis1 6 · redis3 4 | — |" in (
+        " ".join(report.table(results).split())
+    )
 
 
 def test_made_users_are_read_off_the_shells_output_and_fewer_than_asked_is_an_error():
