@@ -77,12 +77,12 @@ class StateKeeper:
                 # Take it again, even past the limit, rather than drop a socket
                 # that was legitimately admitted.
                 await limits.slots().acquire(consumer.endpoint, consumer.user.pk, consumer.channel_name, force=True)
+        # Still kept after the slot round trip: one that left meanwhile is not re-added.
+        kept = [c for c in consumers if c in self.consumers and not c.released]
         members: dict[str, list[str]] = defaultdict(list)
-        for consumer in consumers:
-            # Still kept after the slot round trip: one that left meanwhile is not re-added.
-            if consumer in self.consumers and not consumer.released:
-                for group in consumer.memberships:
-                    members[group].append(consumer.channel_name)
+        for consumer in kept:
+            for group in consumer.memberships:
+                members[group].append(consumer.channel_name)
         if not members:
             return
         layer = get_channel_layer()
@@ -92,6 +92,20 @@ class StateKeeper:
             shard = layer.consistent_hash(group) if hasattr(layer, "consistent_hash") else 0
             by_shard[shard].append((group, channels))
         await asyncio.gather(*(self._readd(layer, groups) for groups in by_shard.values()))
+        # One that left while its groups were being re-added may have taken itself out before the
+        # re-add landed (it is marked released before its group_discard is sent): out again, or it
+        # would stay a member, sent to and never read, until the layer's group expiry.
+        await self._discard(layer, [c for c in kept if c.released])
+
+    @staticmethod
+    async def _discard(layer, consumers: list[AppConsumer]) -> None:
+        for consumer in consumers:
+            for group in consumer.memberships:
+                try:
+                    await layer.group_discard(group, consumer.channel_name)
+                except Exception:
+                    LAYER_ERRORS.labels("group_discard").inc()
+                    log.warning("group_discard after a renewal failed", extra={"group": group}, exc_info=True)
 
     @staticmethod
     async def _readd(layer, groups: list[tuple[str, list[str]]]) -> None:

@@ -116,6 +116,30 @@ async def test_a_member_that_leaves_during_a_renewal_is_not_added_back(
     await notified.disconnect()
 
 
+async def test_a_member_that_leaves_while_its_group_is_re_added_is_taken_out_again(
+    redis_layer, settings, user, auth_headers, monkeypatch
+):
+    """The socket closes, and its group_discard lands, while the keeper's ZADD of its group is on its
+    way: the ZADD puts it back, and the keeper takes it out again (else it would stay a member,
+    sent to and never read, until the group expiry)."""
+    settings.WS_STATE_REFRESH_SECONDS = 3600
+    (notified,) = await notification_sockets(settings, auth_headers, 1)
+    layer = get_channel_layer()
+    key = layer._group_key(group_name(user.pk)).decode()
+    assert redis_layer.cli("ZCARD", key) == "1"
+    real = layer.group_add_many
+
+    async def readd_after_the_socket_left(group, channels):
+        await notified.disconnect()
+        assert redis_layer.cli("ZCARD", key) == "0"  # its own discard landed first
+        await real(group, channels)
+
+    monkeypatch.setattr(layer, "group_add_many", readd_after_the_socket_left)
+    await keeper().renew()
+    assert redis_layer.cli("ZCARD", key) == "0"
+    assert not keeper().consumers
+
+
 async def test_a_failing_renewal_is_counted_and_retried_next_interval(redis_layer, settings, monkeypatch):
     settings.WS_STATE_REFRESH_SECONDS = 0.1
     failures = REGISTRY.get_sample_value("channel_layer_errors_total", {"operation": "refresh"}) or 0.0
