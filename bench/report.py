@@ -60,21 +60,13 @@ def master_cost(steps: list[dict], events: str) -> dict | None:
     measured = [s for s in steps if s.get("master_cpu_s") and s.get("seconds") and s.get(events)]
     if not measured:
         return None
-    cpu, fitted = _per_event(
-        [(s[events] / s["seconds"], {m: c / s["seconds"] for m, c in s["master_cpu_s"].items()}) for s in measured]
-    )
+
+    def rates(key: str) -> list[tuple[float, dict[str, float]]]:
+        return [(s[events] / s["seconds"], {m: v / s["seconds"] for m, v in s[key].items()}) for s in measured]
+
+    cpu, fitted = _per_event(rates("master_cpu_s"))
     per_event = {m: slope * 1e6 for m, slope in cpu.items()}
-    counted = [s for s in measured if s.get("master_commands")]
-    commands = (
-        _per_event(
-            [
-                (s[events] / s["seconds"], {m: n / s["seconds"] for m, n in s["master_commands"].items()})
-                for s in counted
-            ]
-        )[0]
-        if counted
-        else {}
-    )
+    commands = _per_event(rates("master_commands"))[0] if all(s.get("master_commands") for s in measured) else {}
     total, busiest = sum(per_event.values()), max(per_event.values())
     return {
         "us_per_event": {m: round(us, 1) for m, us in per_event.items()},

@@ -113,12 +113,7 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
                 await self.on_disconnect()
             except Exception:
                 log.warning("on_disconnect failed", exc_info=True)
-            for group in self.memberships:
-                try:
-                    await self.channel_layer.group_discard(group, self.channel_name)
-                except Exception:
-                    LAYER_ERRORS.labels("group_discard").inc()
-                    log.warning("group_discard failed", extra={"group": group}, exc_info=True)
+            await self.leave_groups()
             if self.slot_held:
                 self.slot_held = False
                 try:
@@ -129,6 +124,16 @@ class AppConsumer(AsyncJsonWebsocketConsumer):
         finally:
             # Last: a draining process waits for this before it stops.
             drain.untrack(self)
+
+    async def leave_groups(self) -> None:
+        """Out of every group it joined; a failure is counted and logged, never raised (the
+        membership then lapses after the layer's group expiry)."""
+        for group in self.memberships:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                LAYER_ERRORS.labels("group_discard").inc()
+                log.warning("group_discard failed", extra={"group": group}, exc_info=True)
 
     async def go_away(self) -> None:
         """Close with GOING_AWAY: the process is draining (realtime/drain.py)."""

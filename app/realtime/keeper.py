@@ -95,17 +95,9 @@ class StateKeeper:
         # One that left while its groups were being re-added may have taken itself out before the
         # re-add landed (it is marked released before its group_discard is sent): out again, or it
         # would stay a member, sent to and never read, until the layer's group expiry.
-        await self._discard(layer, [c for c in kept if c.released])
-
-    @staticmethod
-    async def _discard(layer, consumers: list[AppConsumer]) -> None:
-        for consumer in consumers:
-            for group in consumer.memberships:
-                try:
-                    await layer.group_discard(group, consumer.channel_name)
-                except Exception:
-                    LAYER_ERRORS.labels("group_discard").inc()
-                    log.warning("group_discard after a renewal failed", extra={"group": group}, exc_info=True)
+        for consumer in kept:
+            if consumer.released:
+                await consumer.leave_groups()
 
     @staticmethod
     async def _readd(layer, groups: list[tuple[str, list[str]]]) -> None:
