@@ -38,6 +38,7 @@ from tests.replicas.conftest import (
     redis_cli,
     source_addresses,
 )
+from tests.replicas.test_blueprint_deploy import app_state, rolled_out
 
 # How often the drills post a notification, and for how long after the fault.
 POST_EVERY = 1.0
@@ -435,8 +436,12 @@ class HttpLoad:
 
 
 async def test_a_deploy_under_200_sockets_and_40_requests_a_second(site, hosts, stack, tmp_path, client_addresses):
-    """deploy.yml of a changed app under load: it completes, no request fails, sockets move with 4001."""
-    source = changed_app(tmp_path, "<!-- deployed under load -->")
+    """deploy.yml of a changed app under load: one host at a time, gunicorn reloaded gracefully (its
+    master stays, every worker is replaced), the new version served; it completes, no request fails,
+    sockets move with 4001."""
+    marker = "<!-- deployed under load -->"
+    source = changed_app(tmp_path, marker)
+    before = await asyncio.to_thread(app_state, hosts)
     # Sockets spread over the client's addresses, requests from the first: as users behind
     # several addresses would, each within nginx's limit of connections per address.
     sockets = ReconnectingSockets(site, 200, client_addresses)
@@ -475,6 +480,7 @@ async def test_a_deploy_under_200_sockets_and_40_requests_a_second(site, hosts, 
     assert serving == 200
     assert sum(gauges.values()) == 200, gauges
     assert await wait_until(lambda: sum(instance_gauges(hosts, stack, "live").values()) == 0, 15)
+    await asyncio.to_thread(rolled_out, hosts, stack, result, before, marker)
 
 
 # Users created on the stack for the drills, each with a session cookie.
