@@ -73,7 +73,10 @@ def rolled_out(hosts, stack, result: subprocess.CompletedProcess, before: dict, 
         assert len(active.splitlines()) == int(hosts[name].run("nproc").stdout)
 
 
-@pytest.mark.skipif(STACK_KIND == "replicas", reason="the replicas' deploy drill rolls a release out, checked the same")
+@pytest.mark.skipif(
+    STACK_KIND == "replicas",
+    reason="on the replicas test_drills.py's deploy under load rolls a release out and makes these checks (rolled_out)",
+)
 def test_deploy_rolls_a_new_version_out_host_by_host(converged, hosts, stack, tmp_path):
     before = app_state(hosts)
     source = changed_app(tmp_path, MARKER)
