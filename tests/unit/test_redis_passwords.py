@@ -4,7 +4,8 @@ password beside the old, then the old dropped; nothing changed on a second run; 
 does not hold refused with what to do. Sentinel's one restart happens on the replicas (the drill
 test_redis_and_sentinel_passwords_rotate_keeping_every_socket): there is no systemd here.
 The redis_sentinel role's shard tasks run against the same Sentinel: a shard's master added to a
-running Sentinel, and removed."""
+running Sentinel, and removed; a sentinel of a host gone from the inventory forgotten, and the
+quorum moved with the number of redis hosts."""
 
 from __future__ import annotations
 
@@ -153,15 +154,18 @@ def test_a_password_redis_does_not_hold_and_is_not_listed_stops_the_run_with_wha
     assert accepted(servers) == {"redis": ["OLD"], "sentinel": ["SENTINEL_OLD"]}  # untouched
 
 
-def watch(servers, masters: dict[str, str]) -> tuple[int, str]:
-    """The redis_sentinel role's shards.yml for these masters (name: address): (changed tasks, output)."""
+def watch(servers, masters: dict[str, str], quorum: int = 1) -> tuple[int, str]:
+    """The redis_sentinel role's shards.yml for these masters (name: address): (changed tasks, output).
+    The inventory's one redis host is this one, at 127.0.0.1."""
     values = {
+        "redis_sentinel_peer_hosts": ["localhost"],
+        "redis_sentinel_peer_addresses": ["127.0.0.1"],
         "redis_sentinel_port": servers["sentinel"],
         "redis_sentinel_password": SENTINEL_OLD,
         "redis_sentinel_masters": masters,
         "redis_sentinel_redis_port": servers["redis"],
         "redis_sentinel_redis_password": OLD,
-        "redis_sentinel_quorum": 1,
+        "redis_sentinel_quorum": quorum,
     }
     return run_tasks(servers, "shards", values, [("redis_sentinel", "shards.yml")])
 
@@ -201,3 +205,44 @@ def test_a_shard_added_to_the_inventory_is_watched_by_a_running_sentinel_and_one
     assert sentinel(servers, "SENTINEL", "MASTER", "channels-1")[0] == "ERR No such master with that name"
     assert "channels-1" not in (servers["dir"] / "sentinel.conf").read_text()
     assert sentinel(servers, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "channels")[0] == "127.0.0.1"
+
+
+def master_fields(servers, name: str = "channels") -> dict[str, str]:
+    fields = sentinel(servers, "SENTINEL", "MASTER", name)
+    return dict(zip(fields[::2], fields[1::2], strict=True))
+
+
+def test_a_sentinel_of_a_host_gone_from_the_inventory_is_forgotten_and_the_quorum_follows_the_hosts(servers):
+    # A second sentinel, of a host at 127.0.0.3 that is not (any more) in the inventory: the first
+    # learns it from its hello messages, then it goes away; the first still counts it as a voter.
+    gone = start(
+        "redis-sentinel",
+        servers["dir"] / "gone.conf",
+        [
+            f"port {free_port()}",
+            "bind 127.0.0.1",
+            f"dir {servers['dir']}",
+            "sentinel announce-ip 127.0.0.3",
+            f"sentinel monitor channels 127.0.0.1 {servers['redis']} 1",
+            f"sentinel auth-pass channels {OLD}",
+        ],
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while master_fields(servers)["num-other-sentinels"] != "1" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert master_fields(servers)["num-other-sentinels"] == "1"
+    finally:
+        gone.terminate()
+        gone.wait(10)
+    assert sentinel(servers, "SENTINEL", "SENTINELS", "channels")[3] == "127.0.0.3"
+
+    # The inventory's redis hosts went from one to three: the quorum is 2 (a majority).
+    changed, output = watch(servers, {"channels": "127.0.0.1"}, quorum=2)
+    assert changed == 2, output[-3000:]  # the quorum set, the sentinel at 127.0.0.3 forgotten
+    fields = master_fields(servers)
+    assert (fields["quorum"], fields["num-other-sentinels"]) == ("2", "0")
+    assert "127.0.0.3" not in (servers["dir"] / "sentinel.conf").read_text()
+    assert sentinel(servers, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "channels")[0] == "127.0.0.1"
+
+    assert watch(servers, {"channels": "127.0.0.1"}, quorum=2)[0] == 0
