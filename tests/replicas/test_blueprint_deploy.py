@@ -24,13 +24,19 @@ def workers(host, master: str) -> set[str]:
     return set(host.run("cat /proc/%s/task/%s/children", master, master).stdout.split())
 
 
+def daphne_processes(host) -> set[str]:
+    return set(host.run("systemctl show -p MainPID --value 'daphne@*'").stdout.split())
+
+
 def app_state(hosts) -> dict:
-    """Each app host's current release; each HTTP host's gunicorn master and its workers."""
+    """Each app host's current release; each HTTP host's gunicorn master and its workers; each WebSocket
+    host's daphne processes."""
     masters = {name: hosts[name].service("gunicorn").systemd_properties["MainPID"] for name in names("http")}
     return {
         "releases": {name: current_release(hosts[name]) for name in unique("http", "ws")},
         "masters": masters,
         "workers": {name: workers(hosts[name], master) for name, master in masters.items()},
+        "daphne": {name: daphne_processes(hosts[name]) for name in names("ws")},
     }
 
 
@@ -68,9 +74,13 @@ def rolled_out(hosts, stack, result: subprocess.CompletedProcess, before: dict, 
     served = hosts[first("lb")].run("curl -sfk https://%s/", stack.address(first("lb")))
     assert served.rc == 0, served.stderr
     assert marker in served.stdout
+    # Every daphne process was replaced: daphne has no reload. On a host of both pools (all-in-one) the
+    # HTTP play makes the release current, and the WebSocket play restarts daphne all the same.
     for name in names("ws"):
         active = hosts[name].run("systemctl list-units --state=active --plain --no-legend 'daphne@*'").stdout
         assert len(active.splitlines()) == int(hosts[name].run("nproc").stdout)
+        assert len(after["daphne"][name]) == len(before["daphne"][name]), (name, before["daphne"], after["daphne"])
+        assert not after["daphne"][name] & before["daphne"][name], (name, before["daphne"], after["daphne"])
 
 
 @pytest.mark.skipif(

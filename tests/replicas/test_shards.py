@@ -354,3 +354,47 @@ async def test_a_failover_of_one_shards_master_leaves_the_other_shards_traffic_u
         assert shard_master(hosts, secrets, stack, masters, shard) == host
     assert shard_master(hosts, secrets, stack, masters, victim_shard) != victim
     assert await wait_until(lambda: rejoined_as_replica(hosts, secrets, victim), 90), victim
+
+
+# A variable in the app's environment (app_extra_env) that deploy.yml writes, then takes out again.
+PROBE = "BLUEPRINT_ENVIRONMENT_PROBE"
+# Each gunicorn and daphne unit on a host: its main process, and whether that process's environment has PROBE.
+SERVICES_ENVIRONMENT = f"""
+for unit in gunicorn.service $(systemctl list-units --plain --no-legend 'daphne@*' | cut -d' ' -f1); do
+    pid=$(systemctl show -p MainPID --value "$unit")
+    echo "$unit $pid $(tr '\\0' '\\n' < /proc/$pid/environ | grep -c '^{PROBE}=')"
+done
+"""
+
+
+def services_environment(stack, host: str) -> dict[str, tuple[str, bool]]:
+    out = stack.run(host, SERVICES_ENVIRONMENT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    units = {unit: (pid, count != "0") for unit, pid, count in (line.split() for line in out.stdout.splitlines())}
+    assert "gunicorn.service" in units, units
+    assert len(units) > 1, units
+    return units
+
+
+def test_a_host_of_both_pools_restarts_daphne_too_when_the_http_play_changed_the_environment(converged, stack):
+    """deploy.yml with a changed environment, on this topology's host of both pools. The HTTP play
+    writes the environment and restarts gunicorn; the WebSocket play finds it written, and daphne
+    restarts only because the app role passes the change on (roles/app/tasks/carry.yml). Without
+    that, adding a shard here left daphne on the old shard list and gunicorn on the new one: 48 of
+    64 notifications posted after the deploy never arrived. deploy.yml then takes the change out."""
+    shared = [name for name in names("http") if name in names("ws")]
+    assert shared, "the topology has no host in both pools"
+    host = shared[0]
+    before = services_environment(stack, host)
+    try:
+        changed = stack.playbook("deploy.yml", "-e", json.dumps({"app_extra_env": {PROBE: "1"}}))
+        assert changed.returncode == 0, changed.stdout[-6000:] + changed.stderr[-2000:]
+        during = services_environment(stack, host)
+    finally:
+        back = stack.playbook("deploy.yml")
+    print(f"\nfigure: environment change on {host}, a host of both pools: {before} -> {during}")
+    assert during.keys() == before.keys(), (before, during)
+    assert all(has for _, has in during.values()), during
+    assert all(during[unit][0] != pid for unit, (pid, _) in before.items()), (before, during)
+    assert back.returncode == 0, back.stdout[-6000:] + back.stderr[-2000:]
+    assert not any(has for _, has in services_environment(stack, host).values())
