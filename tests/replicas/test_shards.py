@@ -7,6 +7,7 @@ placed by two shards, read off Redis itself (the group's one member names the
 process), and the drills check every placement: everything reaches every
 socket, and a failover of one shard's master leaves the traffic that touches
 only the other shard untouched while the rest recovers as in the faults drills.
+On the topology's host of both pools, a deploy's new environment reaches daphne as well as gunicorn.
 `./stack test` runs this module on its own stack of that topology.
 """
 
@@ -380,8 +381,8 @@ def test_a_host_of_both_pools_restarts_daphne_too_when_the_http_play_changed_the
     """deploy.yml with a changed environment, on this topology's host of both pools. The HTTP play
     writes the environment and restarts gunicorn; the WebSocket play finds it written, and daphne
     restarts only because the app role passes the change on (roles/app/tasks/carry.yml). Without
-    that, adding a shard here left daphne on the old shard list and gunicorn on the new one: 48 of
-    64 notifications posted after the deploy never arrived. deploy.yml then takes the change out."""
+    that, adding a shard here left daphne on the old shard list and gunicorn on the new one: 64, then
+    48, of 64 notifications posted after the deploy never arrived. deploy.yml then takes the change out."""
     shared = [name for name in names("http") if name in names("ws")]
     assert shared, "the topology has no host in both pools"
     host = shared[0]
