@@ -192,7 +192,8 @@ def hosts(stack):
 
 
 @pytest.fixture(scope="session")
-def secrets():
+def secrets(converged):
+    """The generated secrets: site.yml's first run writes them, so they are read after it."""
     return stack_secrets()
 
 
