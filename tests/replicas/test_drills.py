@@ -22,7 +22,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench.load import made_users
-from bench.pools import SECRETS_DIR
+from bench.pools import SECRETS_DIR, role_default
 from tests.replicas.conftest import (
     MASTER,
     REDIS_PORT,
@@ -406,9 +406,11 @@ class HttpLoad:
         self.site, self.every, self.source, self.retry_closed = site, 1.0 / per_second, source, retry_closed
         self.statuses: dict = {}
         self.retried = 0
+        self.slowest = 0.0
         self.stopping = False
 
     async def _get(self, client: httpx.AsyncClient) -> None:
+        started = time.monotonic()
         try:
             try:
                 status = (await client.get("/")).status_code
@@ -420,6 +422,7 @@ class HttpLoad:
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.slowest = max(self.slowest, time.monotonic() - started)
 
     async def run(self, seconds: float) -> None:
         requests = []
@@ -433,6 +436,49 @@ class HttpLoad:
 
     def failed(self) -> int:
         return sum(n for status, n in self.statuses.items() if status != 200)
+
+
+@pytest.mark.skipif(
+    STACK_KIND != "replicas" or len(names("http")) < 2,
+    reason="takes a host away with the replica harness (`stop --kill`); a second http host must serve meanwhile",
+)
+async def test_an_http_host_lost_under_load_fails_no_request_and_serves_again_once_back(
+    site, hosts, stack, client_addresses
+):
+    """A whole http host gone without a goodbye under 20 GET/s: nginx tries it for at most its connect
+    timeout before the other host answers, then leaves it out; booted again, it serves again."""
+    victim = names("http")[-1]
+    connect_timeout = float(role_default("nginx", "nginx_upstream_connect_timeout").rstrip("s"))
+    load = HttpLoad(site, 20, client_addresses[0])
+    traffic = asyncio.create_task(load.run(seconds=300))
+    figures: dict = {"victim": victim}
+    try:
+        await asyncio.sleep(3)
+        await asyncio.to_thread(stack.harness.stop, victim, kill=True)
+        await asyncio.sleep(20)
+        figures["while it was gone"] = {"answers": dict(load.statuses), "slowest": round(load.slowest, 2)}
+        started = time.monotonic()
+        await asyncio.to_thread(stack.harness.start, victim)
+        # Serving again: its gunicorn logs requests of the load (nginx tries it after nginx_fail_timeout).
+        served = await wait_until(lambda: gunicorn_served(hosts[victim]) > 0, 60)
+        figures["serving again after its boot began"] = round(time.monotonic() - started, 1) if served else None
+        load.stopping = True
+        await traffic
+    finally:
+        load.stopping = True
+        await asyncio.gather(traffic, return_exceptions=True)
+        print(
+            f"\nfigure: drill http host lost under 20 GET/s: {figures}; "
+            f"in all {load.statuses}, slowest {load.slowest:.2f} s"
+        )
+    assert load.failed() == 0, load.statuses
+    assert load.slowest <= connect_timeout + 2, load.slowest
+    assert served, "the host never served again"
+
+
+def gunicorn_served(host) -> int:
+    """Requests this boot's gunicorn logged (its access log goes to the journal)."""
+    return int(host.run("journalctl -b -u gunicorn -o cat --no-pager | grep -c '\"GET / ' || true").stdout.strip() or 0)
 
 
 async def test_a_deploy_under_200_sockets_and_40_requests_a_second(site, hosts, stack, tmp_path, client_addresses):
