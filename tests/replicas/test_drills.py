@@ -467,6 +467,7 @@ async def test_an_http_host_lost_under_load_fails_no_request_and_serves_again_on
     finally:
         load.stopping = True
         await asyncio.gather(traffic, return_exceptions=True)
+        await asyncio.to_thread(stack.harness.start, victim)  # booted whatever happened (a no-op if it runs)
         print(
             f"\nfigure: drill http host lost under 20 GET/s: {figures}; "
             f"in all {load.statuses}, slowest {load.slowest:.2f} s"
