@@ -116,6 +116,17 @@ def test_prometheus_has_exactly_the_expected_targets_all_up(prom, hosts):
     assert not down, down
 
 
+def test_prometheus_never_stored_a_series_of_a_target_it_was_not_given(prom, hosts):
+    """Every `up` series since the first start is one of the blueprint's targets: none from the
+    package's example config, which scraped localhost without a host label until ours was in
+    place, and whose stale `up` fired HostDown for "localhost:9100" after the restart."""
+    stored = prom("/api/v1/series?match[]=up&start=0")["data"]
+    foreign = [s for s in stored if "host" not in s]
+    assert not foreign, foreign
+    seen = {(s["job"], s["host"], int(s["instance"].rsplit(":", 1)[1])) for s in stored}
+    assert seen <= expected_targets(hosts), seen - expected_targets(hosts)
+
+
 async def test_the_websocket_gauge_follows_real_sockets(prom, site):
     def total() -> float:
         result = prom("/api/v1/query?query=sum(websocket_connections)")["data"]["result"]
