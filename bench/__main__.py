@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench import report
 from bench.load import Site
-from bench.pools import ROOT, stack_secrets
+from bench.pools import ROOT, asgi_servers, stack_secrets
 from bench.run import SMOKE, WORKLOADS, Settings, run, sources_needed
 from replicas.config import from_env
 from replicas.harness import Harness
@@ -72,12 +72,20 @@ def main() -> int:
         choices=WORKLOADS,
         help="run this workload only (repeatable): a change's before and after, quicker",
     )
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=asgi_servers(),
+        help="the project's pool on this ASGI server only (repeatable); default: on each, side by side",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / ".bench", help="where results.json and the plots go")
     parser.add_argument("--topology", default=chosen())
     args = parser.parse_args()
     settings = SMOKE if args.smoke else Settings()
     if args.only:
         settings = dataclasses.replace(settings, workloads=tuple(args.only))
+    if args.server:
+        settings = dataclasses.replace(settings, servers=tuple(args.server))
     stack = ReplicaStack(Harness(from_env()), load(args.topology))
     started = time.monotonic()
     brought_up = stack.up()["booted"]

@@ -1,6 +1,8 @@
 """What runs on the ws hosts' WebSocket ports during a run, and what it costs them.
 
-The project's pool is every `daphne@PORT` instance site.yml made. The raw
+The project's pool is every `daphne@PORT` instance site.yml made, on the ASGI
+server the daphne role runs (`daphne_asgi_server`: daphne or uvicorn); the run
+switches it through site.yml's ws tier and back to the inventory's. The raw
 baseline takes the same ports while those are stopped (a transient unit
 `bench-raw-PORT` per port, one process each as daphne has), so nginx, TLS, the
 firewall and the client are the same for both. `restore()` puts the daphne
@@ -32,6 +34,12 @@ TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 def role_default(role: str, name: str):
     """A role's default, read from its owner (ansible/roles/ROLE/defaults/main.yml)."""
     return yaml.safe_load((ROOT / "ansible" / "roles" / role / "defaults" / "main.yml").read_text())[name]
+
+
+def asgi_servers() -> tuple[str, ...]:
+    """The ASGI servers the ws pool can run, as the daphne role's argument spec lists them (its owner)."""
+    specs = yaml.safe_load((ROOT / "ansible" / "roles" / "daphne" / "meta" / "argument_specs.yml").read_text())
+    return tuple(specs["argument_specs"]["main"]["options"]["daphne_asgi_server"]["choices"])
 
 
 # The replicas' generated secrets, one file each (vars/generated_secrets.yml's blueprint_secrets_dir).
@@ -131,6 +139,19 @@ class Pool:
         )
 
     # -- switching -------------------------------------------------------------
+    def use_server(self, server: str | None) -> None:
+        """Every instance on `server` (None: what the inventory says), through site.yml's ws tier: the daphne role
+        owns the unit, and restarts the instances one by one. Each answers /readyz after."""
+        extra = ["--extra-vars", f"daphne_asgi_server={server}"] if server else []
+        result = self.stack.playbook("site.yml", "--tags", "ws", *extra)
+        if result.returncode != 0:
+            raise RuntimeError(f"site.yml --tags ws {' '.join(extra)}: {result.stdout[-3000:]} {result.stderr[-2000:]}")
+        self._wait_listening(path="/readyz")
+
+    def servers(self) -> set[str]:
+        """The ASGI servers the project's instances run now (read off their processes)."""
+        return {server for server, _ in self._project_processes()}
+
     def use_raw(self) -> None:
         for name in self.ws:
             for port in self.ports[name]:
@@ -190,13 +211,23 @@ class Pool:
         paths = replica_host.paths(self.stack.harness.cfg, name)
         return replica_host.container_pids(paths)
 
-    def pids(self) -> list[int]:
-        """This machine's PIDs of the pool's processes (daphne, or the raw servers)."""
-        marker = "bin/daphne" if self.kind == "project" else "raw_fanout.py"
+    def _project_processes(self) -> list[tuple[str, int]]:
+        """(server, PID) of each instance's process: its command line runs the venv's `bin/<server>`."""
         found = []
         for name in self.ws:
             for pid in self._processes(name):
-                if any(marker in arg for arg in replica_host.pid_cmdline(pid) or ()):
+                argv = replica_host.pid_cmdline(pid) or ()
+                found += [(server, pid) for server in asgi_servers() if any(f"bin/{server}" in arg for arg in argv)]
+        return found
+
+    def pids(self) -> list[int]:
+        """This machine's PIDs of the pool's processes (the project's instances, or the raw servers)."""
+        if self.kind == "project":
+            return [pid for _, pid in self._project_processes()]
+        found = []
+        for name in self.ws:
+            for pid in self._processes(name):
+                if any("raw_fanout.py" in arg for arg in replica_host.pid_cmdline(pid) or ()):
                     found.append(pid)
         return found
 

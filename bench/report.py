@@ -1,4 +1,4 @@
-"""A run's figures as a table (project, raw, project ÷ raw), a JSON file and PNG plots."""
+"""A run's figures as a table (each ASGI server's pool, the raw baseline, each ÷ raw), a JSON file and PNG plots."""
 
 from __future__ import annotations
 
@@ -78,9 +78,10 @@ def master_cost(steps: list[dict], events: str) -> dict | None:
     }
 
 
-def summary(results: dict) -> list[tuple[str, object, object]]:
-    """(figure, project, raw) rows: what the README quotes (rows of the workloads that ran)."""
-    p, r, s = results["project"], results["raw"], results["settings"]
+def summary(results: dict, server: str) -> list[tuple[str, object, object]]:
+    """(figure, project, raw) rows, the project's pool running `server`: what the README quotes (rows of the
+    workloads that ran)."""
+    p, r, s = results[server], results["raw"], results["settings"]
     rows = []
 
     def row(workload: str, name: str, figure) -> None:
@@ -185,10 +186,25 @@ def _ratio(project, raw) -> str:
 
 
 def table(results: dict) -> str:
-    rows = [("figure", "project", "raw", "project ÷ raw")]
-    rows += [(name, _fmt(project), _fmt(raw), _ratio(project, raw)) for name, project, raw in summary(results)]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
-    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    """Figure | each server's pool | raw | each ÷ raw. A row one server lacks (a cost compared at a step
+    the other did not hold) shows "—" there."""
+    servers = results["servers"]
+    rows: dict[str, dict] = {}
+    for server in servers:
+        for name, project, raw in summary(results, server):
+            rows.setdefault(name, {"raw": raw})[server] = project
+    header = ("figure", *servers, "raw", *(f"{server} ÷ raw" for server in servers))
+    cells = [header] + [
+        (
+            name,
+            *(_fmt(values.get(server)) for server in servers),
+            _fmt(values["raw"]),
+            *(_ratio(values.get(server), values["raw"]) for server in servers),
+        )
+        for name, values in rows.items()
+    ]
+    widths = [max(len(str(row[i])) for row in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
     return "\n".join(lines)
 
@@ -202,9 +218,9 @@ def _fmt(value) -> str:
 
 
 def steps_table(results: dict, workload: str, key: str) -> str:
-    """Every step of a workload, project and raw, for the record."""
+    """Every step of a workload, each server's pool and raw, for the record."""
     lines = [f"{workload}: {key}, p50 / p95 / p99 ms, lost, client CPU %"]
-    for kind in ("project", "raw"):
+    for kind in (*results["servers"], "raw"):
         for step in results[kind][workload]:
             lines.append(
                 f"  {kind:7} {step[key]:>8g}  {step['p50_ms']} / {step['p95_ms']} / {step['p99_ms']}  "
@@ -213,8 +229,12 @@ def steps_table(results: dict, workload: str, key: str) -> str:
     return "\n".join(lines)
 
 
+# Each server's line style on the charts, and its name in the title; the raw baseline is dashed.
+SERVER_STYLES = {"-": "solid", "-.": "dash-dot", ":": "dotted"}
+
+
 def plots(results: dict, folder: Path) -> list[Path]:
-    """Latency percentiles against sockets, broadcast rate and notification rate: project and raw on one chart."""
+    """Latency percentiles against sockets, broadcast rate and notification rate: every pool on one chart."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,10 +247,11 @@ def plots(results: dict, folder: Path) -> list[Path]:
         ("notify", "rate", "notifications/s (POST → socket)", NOTIFY_BOUND_MS),
     ]
     for workload, key, label, bound in charts:
-        if workload not in results["project"]:
+        if workload not in results["raw"]:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        for kind, style in (("project", "-"), ("raw", "--")):
+        styles = [*zip(results["servers"], SERVER_STYLES, strict=False), ("raw", "--")]
+        for kind, style in styles:
             steps = [s for s in results[kind][workload] if s["p50_ms"] is not None]
             for pct, colour in (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red")):
                 ax.plot(
@@ -246,7 +267,8 @@ def plots(results: dict, folder: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("delivery latency, ms")
-        ax.set_title(f"{workload}: project (solid) and raw baseline (dashed)")
+        kinds = ", ".join(f"{kind} ({SERVER_STYLES[style]})" for kind, style in styles[:-1])
+        ax.set_title(f"{workload}: {kinds}, raw baseline (dashed)")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         path = folder / f"{workload}.png"

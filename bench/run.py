@@ -1,4 +1,4 @@
-"""The workloads, each run against the project's pool and then the raw baseline's, in one run.
+"""The workloads, each run against the project's pool on each ASGI server, then the raw baseline's, in one run.
 
 broadcast  sockets stepped up at 1 broadcast/s until p95 delivery exceeds the
            bound or any update is lost
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from urllib.parse import quote
 
 from bench.load import Fleet, Requests, Site, Sockets, Window, client_cpu, made_users, percentile
-from bench.pools import Pool, cpu_by_pid, cpu_spent, pss_kib, role_default
+from bench.pools import Pool, asgi_servers, cpu_by_pid, cpu_spent, pss_kib, role_default
 
 BOUND_MS = 250  # p95 delivery of a broadcast
 CALM_SECONDS = 5  # after closing a workload's sockets, before the next one opens its own
@@ -39,6 +39,7 @@ class Settings:
     idle_sockets: int = 1000
     seconds: float = 10  # each measured step
     workloads: tuple[str, ...] = WORKLOADS
+    servers: tuple[str, ...] = field(default_factory=asgi_servers)  # the project's pool on each, in turn
 
     def max_sockets(self) -> int:
         return max(*self.socket_steps, self.rate_sockets, self.idle_sockets)
@@ -326,9 +327,10 @@ async def measure_pool(
 ) -> dict:
     """Every workload against what runs on the pool now."""
     measure = Measure(pool, counters)
+    label = "raw" if pool.kind == "raw" else "/".join(sorted(pool.servers()))
 
     def reporter(workload):
-        return lambda step: say(f"{pool.kind:7} {workload:9} " + " ".join(f"{k}={v}" for k, v in step.items()))
+        return lambda step: say(f"{label:7} {workload:9} " + " ".join(f"{k}={v}" for k, v in step.items()))
 
     workloads = {
         "idle": lambda: idle(pool, site, sources, settings, reporter("idle")),
@@ -340,10 +342,17 @@ async def measure_pool(
 
 
 async def run(stack, secrets, site: Site, sources, settings: Settings, say=print) -> dict:
-    """The project's pool, then the raw baseline on the same ports; daphne back in service at the end."""
+    """The project's pool on each server of `settings.servers` (the one it runs now first), then the raw
+    baseline on the same ports; the instances back in service at the end, on the inventory's server."""
     pool = Pool(stack, secrets)
     counters = RedisCounters(stack, secrets)
-    results = {"settings": asdict(settings), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    running = await asyncio.to_thread(pool.servers)
+    servers = sorted(settings.servers, key=lambda server: server not in running)
+    results = {
+        "settings": asdict(settings),
+        "servers": servers,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     http = stack.topology.group("http")[0].name
 
     def on_http(command: str) -> str:
@@ -353,12 +362,22 @@ async def run(stack, secrets, site: Site, sources, settings: Settings, say=print
     users = await asyncio.to_thread(made_users, on_http, "bench-", settings.notify_users)
     say("bench: installing the raw baseline's server on the ws hosts")
     await asyncio.to_thread(pool.install)
-    results["project"] = await measure_pool(pool, site, sources, settings, counters, users, say)
+    switched = False
     try:
-        say("bench: the raw baseline in place of the daphne instances (same ports)")
+        for server in servers:
+            if {server} != running:
+                say(f"bench: the ws pool's instances onto {server} (site.yml --tags ws)")
+                switched = True  # even if the switch fails half-way: back to the inventory's after
+                await asyncio.to_thread(pool.use_server, server)
+                running = {server}
+            results[server] = await measure_pool(pool, site, sources, settings, counters, users, say)
+        say("bench: the raw baseline in place of the project's instances (same ports)")
         await asyncio.to_thread(pool.use_raw)
         results["raw"] = await measure_pool(pool, site, sources, settings, counters, users, say)
     finally:
         await asyncio.to_thread(pool.restore)
-        say("bench: daphne instances back in service")
+        if switched:
+            say("bench: the ws pool's instances back on the inventory's server (site.yml --tags ws)")
+            await asyncio.to_thread(pool.use_server, None)
+        say("bench: the project's instances back in service")
     return results

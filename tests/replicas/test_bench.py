@@ -1,5 +1,6 @@
-"""`./stack bench` end to end, with small counts: every workload against the project's pool and the raw
-baseline, the table, results.json and the plots, and the daphne instances back in service afterwards.
+"""`./stack bench` end to end, with small counts: every workload against the project's pool on each ASGI
+server and the raw baseline, the table, results.json and the plots, and the instances back in service
+afterwards, on the inventory's server.
 
 Figures are printed (`figure:` lines), never asserted as times: what this proves
 is that the benchmark runs, measures both sides and leaves the stack as it was.
@@ -14,7 +15,7 @@ import pytest
 
 from bench import report
 from bench.__main__ import measure
-from bench.pools import Pool
+from bench.pools import Pool, asgi_servers
 from bench.run import SMOKE
 from tests.replicas.conftest import STACK_KIND, instance_gauges, open_ws
 from tests.replicas.test_drills import pong, wait_until
@@ -23,12 +24,18 @@ pytestmark = pytest.mark.skipif(STACK_KIND != "replicas", reason="the bench read
 
 
 def test_the_benchmark_runs_end_to_end_beside_its_raw_baseline(site, stack, hosts, secrets, tmp_path):
-    ports = Pool(stack, secrets).ports
+    pool = Pool(stack, secrets)
+    ports, running = pool.ports, pool.servers()
     results = measure(stack, SMOKE, tmp_path)
-    for name, project, raw in report.summary(results):
-        print(f"figure: bench smoke, {name}: project {project}, raw {raw}")
+    for server in results["servers"]:
+        for name, project, raw in report.summary(results, server):
+            print(f"figure: bench smoke, {name}: {server} {project}, raw {raw}")
 
-    for kind in ("project", "raw"):
+    # The pool was measured on each server, the one it ran first; then it is back on it.
+    assert sorted(results["servers"]) == sorted(asgi_servers())
+    assert {results["servers"][0]} == running
+    assert pool.servers() == running
+    for kind in (*results["servers"], "raw"):
         figures = results[kind]
         # Every workload ran and measured something on both sides.
         assert [s["sockets"] for s in figures["broadcast"]][:1] == SMOKE.socket_steps[:1], figures["broadcast"]
@@ -54,7 +61,7 @@ def test_the_benchmark_runs_end_to_end_beside_its_raw_baseline(site, stack, host
         assert sum(figures["notify"][-1]["master_commands"].values()) >= figures["notify"][-1]["accepted"] > 0
 
     written = json.loads((tmp_path / "results.json").read_text())
-    assert set(written) >= {"project", "raw", "settings", "machine"}
+    assert set(written) >= {*asgi_servers(), "raw", "settings", "machine"}
     for chart in ("broadcast", "rate", "notify"):
         assert (tmp_path / f"{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -33,7 +33,8 @@ def side(sockets, rates, notify):
 
 RESULTS = {
     "settings": {"rate_sockets": 1000, "idle_sockets": 1000},
-    "project": side([(250, 90), (500, 300)], [(1, 80), (2, 120), (5, 900)], [(10, 40), (25, 150)]),
+    "servers": ["daphne"],
+    "daphne": side([(250, 90), (500, 300)], [(1, 80), (2, 120), (5, 900)], [(10, 40), (25, 150)]),
     "raw": side([(250, 10), (500, 12), (1000, 20)], [(1, 5), (2, 6), (5, 7)], [(10, 5), (25, 6)]),
 }
 
@@ -48,7 +49,7 @@ def test_a_step_holds_only_with_nothing_lost_nothing_failed_and_p95_within_the_b
 
 
 def test_the_summary_quotes_the_last_step_held_and_says_when_the_steps_ran_out():
-    rows = {name: (project, raw) for name, project, raw in report.summary(RESULTS)}
+    rows = {name: (project, raw) for name, project, raw in report.summary(RESULTS, "daphne")}
     assert rows["sockets held at 1 broadcast/s (p95 ≤ 250 ms, 0 lost)"] == (250, "≥ 1000")
     assert rows["broadcasts/s held at 1,000 sockets"] == (2, "≥ 5")
     assert rows["notifications/s held, POST → socket (p95 < 100 ms)"] == (10, "≥ 25")
@@ -57,8 +58,8 @@ def test_the_summary_quotes_the_last_step_held_and_says_when_the_steps_ran_out()
 
 
 def test_costs_compare_the_first_step_both_ran_when_the_project_held_none():
-    results = {**RESULTS, "project": side([(250, 900)], [(1, 800)], [(10, 400)])}
-    rows = {name: (project, raw) for name, project, raw in report.summary(results)}
+    results = {**RESULTS, "daphne": side([(250, 900)], [(1, 800)], [(10, 400)])}
+    rows = {name: (project, raw) for name, project, raw in report.summary(results, "daphne")}
     assert rows["p95 delivery, ms, at 1,000 sockets, 1/s"] == (800, 5)
     assert rows["broadcasts/s held at 1,000 sockets"] == (0, "≥ 5")
 
@@ -69,6 +70,26 @@ def test_the_table_prints_project_raw_and_their_ratio():
     assert [cell.strip() for cell in sockets.strip("|").split("|")][1:] == ["250", "≥ 1000", "0.25"]
     zero = next(line for line in lines if line.startswith("| new Redis"))
     assert zero.rstrip(" |").endswith("—")  # no ratio to a zero
+
+
+def test_the_table_puts_each_servers_pool_side_by_side_with_raw_and_their_ratios():
+    uvicorn = side([(250, 80), (500, 90), (1000, 400)], [], [(10, 40)])
+    del uvicorn["rate"]  # as if its rate workload had not run
+    both = {**RESULTS, "servers": ["daphne", "uvicorn"], "uvicorn": uvicorn}
+    lines = report.table(both).splitlines()
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "figure",
+        "daphne",
+        "uvicorn",
+        "raw",
+        "daphne ÷ raw",
+        "uvicorn ÷ raw",
+    ]
+    sockets = next(line for line in lines if line.startswith("| sockets held"))
+    assert [c.strip() for c in sockets.strip("|").split("|")][1:] == ["250", "500", "≥ 1000", "0.25", "0.50"]
+    # A row one server lacks shows "—" for it.
+    rate = next(line for line in lines if line.startswith("| broadcasts/s held"))
+    assert [c.strip() for c in rate.strip("|").split("|")][1:] == ["2", "—", "≥ 5", "0.40", "—"]
 
 
 def test_latency_is_receipt_minus_the_publishers_stamp_and_only_this_windows_ticks_count():
@@ -92,8 +113,8 @@ def test_the_client_has_enough_addresses_for_nginxs_per_address_limit():
 
 
 def test_a_run_of_some_workloads_reports_only_their_rows():
-    only_notify = {k: {"notify": v["notify"]} for k, v in RESULTS.items() if k in ("project", "raw")}
-    rows = [name for name, _, _ in report.summary({**RESULTS, **only_notify})]
+    only_notify = {k: {"notify": v["notify"]} for k, v in RESULTS.items() if k in ("daphne", "raw")}
+    rows = [name for name, _, _ in report.summary({**RESULTS, **only_notify}, "daphne")]
     assert rows == [
         "notifications/s held, POST → socket (p95 < 100 ms)",
         "new Redis connections per notification",
@@ -185,25 +206,25 @@ def test_a_single_rate_counts_the_idle_work_too_and_says_it_was_not_fitted():
     single = notify_steps({"redis1": (0.01, 40.0)}, rates=(10,))
     results = {
         **RESULTS,
-        "project": {**RESULTS["project"], "notify": single},
+        "daphne": {**RESULTS["daphne"], "notify": single},
         "raw": {**RESULTS["raw"], "notify": single},
     }
-    rows = {name: (project, raw) for name, project, raw in report.summary(results)}
+    rows = {name: (project, raw) for name, project, raw in report.summary(results, "daphne")}
     assert rows["Redis masters' CPU per notification, µs (one rate: idle work included)"] == (1040.0, 1040.0)
 
 
 def test_the_summary_quotes_the_masters_cost_and_a_shards_row_only_with_several_masters():
     one = notify_steps({"redis1": (0.01, 40.0)})
     two = notify_steps({"redis1": (0.01, 30.0), "redis3": (0.0, 10.0)})
-    results = {**RESULTS, "project": {**RESULTS["project"], "notify": one}, "raw": {**RESULTS["raw"], "notify": one}}
-    rows = {name: (project, raw) for name, project, raw in report.summary(results)}
+    results = {**RESULTS, "daphne": {**RESULTS["daphne"], "notify": one}, "raw": {**RESULTS["raw"], "notify": one}}
+    rows = {name: (project, raw) for name, project, raw in report.summary(results, "daphne")}
     assert rows["Redis masters' CPU per notification, µs"] == (40.0, 40.0)
     assert rows["notifications/s one Redis master holds (its core at 100 %)"] == (25_000, 25_000)
     assert not [name for name in rows if "shards hold" in name or "each master" in name]
     for step_ in two:  # 6 commands per notification on redis1, 4 on redis3
         step_["master_commands"] = {"redis1": 6 * step_["accepted"], "redis3": 4 * step_["accepted"]}
-    results["project"]["notify"] = results["raw"]["notify"] = two
-    rows = {name: (project, raw) for name, project, raw in report.summary(results)}
+    results["daphne"]["notify"] = results["raw"]["notify"] = two
+    rows = {name: (project, raw) for name, project, raw in report.summary(results, "daphne")}
     assert rows["notifications/s these 2 shards hold (the busiest master at 100 %)"] == (33_333, 33_333)
     # How the work split: each master's share, as the busiest master's figure comes from it.
     assert rows["Redis CPU per notification, µs, each master"] == ("redis1 30 · redis3 10",) * 2

@@ -29,4 +29,4 @@ def test_a_hosts_own_variables_reach_the_inventory(tmp_path):
     cfg = config.from_env({"REPLICAS_STATE_DIR": str(tmp_path)})
     data = yaml.safe_load(inventory.render(cfg, topology.load("sharded")))["all"]
     assert data["hosts"]["redis3"] == {"ansible_host": "10.77.0.43", "redis_shard": 1}
-    assert data["hosts"]["app1"] == {"ansible_host": "10.77.0.11"}
+    assert data["hosts"]["app1"] == {"ansible_host": "10.77.0.11", "daphne_asgi_server": "uvicorn"}

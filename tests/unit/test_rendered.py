@@ -144,7 +144,8 @@ def systemd_root(rendered, tmp_path) -> Path:
     """A root holding the rendered units, the distribution's units and stand-ins for the commands they run."""
     units = tmp_path / "etc/systemd/system"
     units.mkdir(parents=True)
-    for unit in ("gunicorn.service", "daphne@.service", "postgresql-backup.service", "postgresql-backup.timer"):
+    units_rendered = ("gunicorn.service", "daphne@.service", "daphne-uvicorn@.service")
+    for unit in (*units_rendered, "postgresql-backup.service", "postgresql-backup.timer"):
         shutil.copy(rendered / unit, units)
     # The backup unit's hardening is the drop-in its role installs.
     (units / "postgresql-backup.service.d").mkdir()
@@ -152,7 +153,9 @@ def systemd_root(rendered, tmp_path) -> Path:
     shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
     for unit in (u for u in units.iterdir() if u.is_file()):
         for line in unit.read_text().splitlines():
-            if line.startswith(("ExecStart=", "ExecReload=", "ExecStartPre=", "ExecStop=", "ExecStopPost=")):
+            if line.startswith(
+                ("ExecStart=", "ExecReload=", "ExecStartPre=", "ExecStartPost=", "ExecStop=", "ExecStopPost=")
+            ):
                 command = tmp_path / line.split("=", 1)[1].lstrip("-+!@:").split()[0].lstrip("/")
                 command.parent.mkdir(parents=True, exist_ok=True)
                 command.write_text("#!/bin/sh\n")
@@ -160,7 +163,7 @@ def systemd_root(rendered, tmp_path) -> Path:
     return tmp_path
 
 
-UNITS = ["gunicorn.service", "daphne@8001.service", "postgresql-backup.service"]
+UNITS = ["gunicorn.service", "daphne@8001.service", "daphne-uvicorn@8001.service", "postgresql-backup.service"]
 
 
 def verify(root: Path) -> subprocess.CompletedProcess[str]:
@@ -172,6 +175,28 @@ def test_systemd_analyze_verifies_the_rendered_units(systemd_root):
     # Unknown keys are only warnings to systemd: any output at all fails here.
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_the_websocket_unit_runs_the_pools_server_and_returns_from_start_once_it_listens(rendered):
+    """daphne by default, uvicorn on request (its sans-I/O websockets, no compression, X-Forwarded-* from the
+    load balancers only); either way `systemctl start` waits until the instance accepts connections."""
+    daphne = (rendered / "daphne@.service").read_text()
+    uvicorn = (rendered / "daphne-uvicorn@.service").read_text()
+    assert "/.venv/bin/daphne " in daphne
+    assert "uvicorn" not in daphne
+    assert "/.venv/bin/uvicorn " in uvicorn
+    assert "bin/daphne" not in uvicorn
+    flags = " ".join(uvicorn.replace("\\\n", " ").split())
+    for flag in (
+        "--ws websockets-sansio",
+        "--ws-per-message-deflate false",
+        "--proxy-headers --forwarded-allow-ips 10.77.0.11 ",
+        "--lifespan off",
+        "--ws-ping-interval 20",
+    ):
+        assert flag in flags, flag
+    for unit in (daphne, uvicorn):
+        assert "ExecStartPost=/bin/bash -c 'until (: <>/dev/tcp/10.77.0.21/%i)" in unit
 
 
 def test_systemd_verify_catches_a_misspelt_hardening_option(systemd_root):

@@ -1,4 +1,8 @@
-"""Real daphne processes sharing a real Redis: what the WebSocket pool does on the hosts."""
+"""Real server processes sharing a real Redis: what the WebSocket pool does on the hosts.
+
+Every test runs against each ASGI server the ws pool can run (`daphne_asgi_server`):
+daphne, and uvicorn with its sans-I/O websockets implementation.
+"""
 
 import asyncio
 import contextlib
@@ -23,15 +27,48 @@ APP = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]
 
 
-class Daphne:
-    def __init__(self, env: dict, logdir: Path):
-        self.env, self.port, self.logdir = env, free_port(), logdir
+# The servers as the daphne@ unit starts them (systemd/daphne@.service.j2), on loopback.
+SERVERS = {
+    "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p", "{port}"],
+    "uvicorn": [
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--ws",
+        "websockets-sansio",
+        "--ws-per-message-deflate",
+        "false",
+        "--lifespan",
+        "off",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ],
+}
+# What each server logs when the application raises.
+APP_EXCEPTION = {"daphne": "Exception inside application", "uvicorn": "Exception in ASGI application"}
+# How each ends on SIGTERM once shut down cleanly: uvicorn raises the signal it caught again,
+# which systemd counts as a clean stop as it does exit status 0.
+CLEAN_STOP = {"daphne": 0, "uvicorn": -signal.SIGTERM}
+
+
+class Server:
+    def __init__(self, kind: str, env: dict, logdir: Path):
+        self.kind, self.env, self.port, self.logdir = kind, env, free_port(), logdir
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Daphne":
-        log = open(self.logdir / f"daphne-{self.port}.log", "ab")
+    @property
+    def log(self) -> str:
+        return (self.logdir / f"{self.kind}-{self.port}.log").read_text()
+
+    def start(self) -> "Server":
+        log = open(self.logdir / f"{self.kind}-{self.port}.log", "ab")
+        argv = [arg.format(port=self.port) for arg in SERVERS[self.kind]]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"],
+            [sys.executable, *argv, "config.asgi:application"],
             cwd=APP,
             env=self.env,
             stdout=log,
@@ -80,9 +117,9 @@ print(s.session_key)
 """
 
 
-@pytest.fixture(scope="module")
-def pool(redis_server, tmp_path_factory):
-    """Two daphne processes, one SQLite file, one Redis; sessions for alice, bob, carol, dave and erin."""
+@pytest.fixture(scope="module", params=list(SERVERS))
+def pool(request, redis_server, tmp_path_factory):
+    """Two server processes, one SQLite file, one Redis; sessions for alice, bob, carol, dave and erin."""
     redis_server.cli("FLUSHALL")
     workdir = tmp_path_factory.mktemp("pool")
     env = {
@@ -104,13 +141,14 @@ def pool(redis_server, tmp_path_factory):
         name: manage(env, "shell", "-c", MAKE_SESSION.format(name=name)).splitlines()[-1]
         for name in ("alice", "bob", "carol", "dave", "erin")
     }
-    processes = [Daphne(env, workdir).start(), Daphne(env, workdir).start()]
-    yield {"env": env, "sessions": sessions, "a": processes[0], "b": processes[1], "workdir": workdir}
+    kind = request.param
+    processes = [Server(kind, env, workdir).start(), Server(kind, env, workdir).start()]
+    yield {"env": env, "sessions": sessions, "a": processes[0], "b": processes[1], "kind": kind}
     for process in processes:
         process.stop()
 
 
-def open_socket(pool, process: Daphne, user: str, path: str = "/ws/notifications/"):
+def open_socket(pool, process: Server, user: str, path: str = "/ws/notifications/"):
     return ws_connect(
         f"ws://127.0.0.1:{process.port}{path}",
         origin="http://127.0.0.1",
@@ -193,8 +231,7 @@ async def test_an_idle_socket_outlives_the_redis_timeouts_and_still_receives(poo
         await asyncio.to_thread(manage, pool["env"], "notify", "carol", "after a long silence")
         message = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert message["message"] == "after a long silence"
-    log = (pool["workdir"] / f"daphne-{pool['b'].port}.log").read_text()
-    assert "TimeoutError" not in log
+    assert "TimeoutError" not in pool["b"].log
 
 
 def gauge(metrics: str, consumer: str) -> float:
@@ -208,7 +245,7 @@ def counter(metrics: str, name: str, consumer: str) -> float:
 
 
 async def test_oversized_frames_close_with_4009_and_give_back_every_slot(pool):
-    """Daphne refuses to send 1009 from an application: the close must not kill the consumer."""
+    """Daphne refuses to send 1009 from an application: the close (4009) must not kill the consumer."""
     for _ in range(10):
         async with open_socket(pool, pool["b"], "dave", "/ws/orders/") as ws:
             await ws.send(json.dumps({"order_id": 1, "pad": "x" * 2000}))
@@ -229,9 +266,9 @@ async def test_oversized_frames_close_with_4009_and_give_back_every_slot(pool):
     while gauge(await asyncio.to_thread(pool["b"].metrics), "orders") != 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert gauge(await asyncio.to_thread(pool["b"].metrics), "orders") == 0
-    log = (pool["workdir"] / f"daphne-{pool['b'].port}.log").read_text()
+    log = pool["b"].log
     assert "invalid close code" not in log
-    assert "Exception inside application" not in log
+    assert APP_EXCEPTION[pool["kind"]] not in log
 
 
 def blocked_readers(redis_server) -> int:
@@ -286,7 +323,7 @@ async def test_a_stopping_process_closes_every_socket_with_4001_gives_back_its_s
     """SIGUSR1 (the daphne unit's ExecStop): every socket is told to go, its state is given back, the process stops."""
     erin = "from django.contrib.auth.models import User; print(User.objects.get(username='erin').pk)"
     slots = f"wslimit:notifications:{manage(pool['env'], 'shell', '-c', erin).splitlines()[-1]}"
-    stopping = Daphne(pool["env"], pool["workdir"]).start()
+    stopping = Server(pool["kind"], pool["env"], pool["a"].logdir).start()
     try:
         sockets = [await open_socket(pool, stopping, "erin") for _ in range(3)]
         sockets += [await open_socket(pool, stopping, "erin", "/ws/live/") for _ in range(2)]
@@ -303,11 +340,10 @@ async def test_a_stopping_process_closes_every_socket_with_4001_gives_back_its_s
             codes.append(closed.value.rcvd.code if closed.value.rcvd else 1006)
         assert codes == [closecodes.GOING_AWAY] * 5
         # It stops by itself, cleanly, having given the slots back (not let them lapse).
-        assert await asyncio.to_thread(stopping.process.wait, 10) == 0
+        assert await asyncio.to_thread(stopping.process.wait, 10) == CLEAN_STOP[pool["kind"]]
         assert redis_server.cli("ZCARD", slots) == "0"
-        log = (pool["workdir"] / f"daphne-{stopping.port}.log").read_text()
-        assert "draining: closing 5 sockets with 4001" in log
-        assert "Exception inside application" not in log
+        assert "draining: closing 5 sockets with 4001" in stopping.log
+        assert APP_EXCEPTION[pool["kind"]] not in stopping.log
         # The user's full limit at once on another process: nothing of the stopped one is held.
         async with open_socket(pool, pool["b"], "erin") as ws:
             await ws.send('{"type": "ping"}')
