@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -90,6 +91,24 @@ def test_the_table_puts_each_servers_pool_side_by_side_with_raw_and_their_ratios
     # A row one server lacks shows "—" for it.
     rate = next(line for line in lines if line.startswith("| broadcasts/s held"))
     assert [c.strip() for c in rate.strip("|").split("|")][1:] == ["2", "—", "≥ 5", "0.40", "—"]
+
+
+def test_the_raw_server_declines_the_compression_the_bench_client_offers():
+    """Frames as the project's pools send them: the raw server's options negotiate no permessage-deflate
+    with a client that offers it (websockets' default, as bench.load's sockets connect)."""
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    from bench.raw_fanout import SERVER_OPTIONS
+
+    async def negotiated(options: dict) -> str | None:
+        async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, **options) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}") as ws:
+                return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    assert asyncio.run(negotiated({})) is not None  # what the raw side had: compression accepted
+    assert asyncio.run(negotiated(SERVER_OPTIONS)) is None
 
 
 def test_latency_is_receipt_minus_the_publishers_stamp_and_only_this_windows_ticks_count():

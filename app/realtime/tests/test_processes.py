@@ -215,6 +215,13 @@ async def test_limit_holds_across_processes_and_a_crashed_process_frees_its_slot
         pool["a"].start()
 
 
+async def test_no_per_message_compression_is_negotiated(pool):
+    """A broadcast's frame is encoded once per process and written to every socket as it is: neither server
+    takes up the permessage-deflate a client offers (websockets' client offers it, as browsers do)."""
+    async with open_socket(pool, pool["b"], "carol", "/ws/live/") as ws:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+
+
 async def test_anonymous_and_cross_origin_handshakes_are_refused_by_a_real_server(pool):
     with pytest.raises(InvalidStatus) as anonymous:
         await ws_connect(f"ws://127.0.0.1:{pool['b'].port}/ws/notifications/", origin="http://127.0.0.1")
