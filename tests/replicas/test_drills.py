@@ -217,7 +217,9 @@ async def test_a_redis_master_killed_is_failed_over_and_open_sockets_keep_receiv
     assert trial["closed"] == []
     # The crashed master comes back (after redis_restart_sec) as the new master's replica, linked.
     rejoined = await wait_until(lambda: rejoined_as_replica(hosts, secrets, trial["victim"]), 60)
-    assert rejoined, await asyncio.to_thread(replication_report, hosts, secrets, trial["victim"])
+    if not rejoined:  # printed whole: an assertion's message is cut short in the report
+        print(await asyncio.to_thread(replication_report, hosts, secrets, trial["victim"]))
+    assert rejoined, trial
 
 
 @pytest.mark.skipif(
@@ -238,7 +240,9 @@ async def test_the_redis_masters_host_lost_five_times_in_a_row(site, hosts, secr
         )
         trials.append(trial)
         rejoined = await wait_until(lambda victim=trial["victim"]: rejoined_as_replica(hosts, secrets, victim), 90)
-        assert rejoined, (trials, await asyncio.to_thread(replication_report, hosts, secrets, trial["victim"]))
+        if not rejoined:  # printed whole: an assertion's message is cut short in the report
+            print(trials, await asyncio.to_thread(replication_report, hosts, secrets, trial["victim"]), sep="\n")
+        assert rejoined, trials
     for number, trial in enumerate(trials, 1):
         print(f"\nfigure: drill master host lost, trial {number}: {trial}")
     assert all(trial["resumed"] is not None and trial["resumed"] <= 10 for trial in trials), trials
