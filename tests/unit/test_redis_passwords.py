@@ -10,6 +10,7 @@ quorum moved with the number of redis hosts."""
 from __future__ import annotations
 
 import json
+import operator
 import re
 import socket
 import subprocess
@@ -154,9 +155,9 @@ def test_a_password_redis_does_not_hold_and_is_not_listed_stops_the_run_with_wha
     assert accepted(servers) == {"redis": ["OLD"], "sentinel": ["SENTINEL_OLD"]}  # untouched
 
 
-def watch(servers, masters: dict[str, str], quorum: int = 1) -> tuple[int, str]:
-    """The redis_sentinel role's shards.yml for these masters (name: address): (changed tasks, output).
-    The inventory's one redis host is this one, at 127.0.0.1."""
+def watch(servers, masters: dict[str, str], quorum: int = 1, **inventory) -> tuple[int, str]:
+    """The redis_sentinel role's shards.yml for these masters (name: address), with `inventory`'s
+    variables: (changed tasks, output). The inventory's one redis host is this one, at 127.0.0.1."""
     values = {
         "redis_sentinel_peer_hosts": ["localhost"],
         "redis_sentinel_peer_addresses": ["127.0.0.1"],
@@ -166,6 +167,7 @@ def watch(servers, masters: dict[str, str], quorum: int = 1) -> tuple[int, str]:
         "redis_sentinel_redis_port": servers["redis"],
         "redis_sentinel_redis_password": OLD,
         "redis_sentinel_quorum": quorum,
+        **inventory,
     }
     return run_tasks(servers, "shards", values, [("redis_sentinel", "shards.yml")])
 
@@ -189,19 +191,26 @@ def sentinel(servers, *command: str) -> list[str]:
 def test_a_shard_added_to_the_inventory_is_watched_by_a_running_sentinel_and_one_removed_is_dropped(servers):
     two = {"channels": "127.0.0.1", "channels-1": "127.0.0.2"}
     changed, _ = watch(servers, two)
-    assert changed == 1
-    fields = sentinel(servers, "SENTINEL", "MASTER", "channels-1")
-    master = dict(zip(fields[::2], fields[1::2], strict=True))
+    assert changed == 2  # channels-1 watched; channels, watched with Sentinel's defaults, given the role's
+    master = master_fields(servers, "channels-1")
     assert (master["ip"], master["port"], master["quorum"]) == ("127.0.0.2", str(servers["redis"]), "1")
-    assert master["down-after-milliseconds"] == "5000"  # the role's defaults, as the template writes them
-    assert master["failover-timeout"] == "60000"
+    for name in two:  # the role's defaults
+        settings = operator.itemgetter("down-after-milliseconds", "failover-timeout", "parallel-syncs")
+        assert settings(master_fields(servers, name)) == ("5000", "10000", "1")
     saved = (servers["dir"] / "sentinel.conf").read_text()
     assert "sentinel monitor channels-1 127.0.0.2" in saved
 
     assert watch(servers, two)[0] == 0  # nothing to do once watched
 
+    # The inventory changes the failover timeout: the running sentinel follows, for every master.
+    assert watch(servers, two, redis_sentinel_failover_timeout_ms=20000)[0] == 1
+    assert [master_fields(servers, name)["failover-timeout"] for name in two] == ["20000", "20000"]
+    assert "sentinel failover-timeout channels-1 20000" in (servers["dir"] / "sentinel.conf").read_text()
+    assert watch(servers, two, redis_sentinel_failover_timeout_ms=20000)[0] == 0
+
     changed, _ = watch(servers, {"channels": "127.0.0.1"})
-    assert changed == 1
+    assert changed == 2  # channels-1 dropped; channels back to the default failover timeout
+    assert master_fields(servers)["failover-timeout"] == "10000"
     assert sentinel(servers, "SENTINEL", "MASTER", "channels-1")[0] == "ERR No such master with that name"
     assert "channels-1" not in (servers["dir"] / "sentinel.conf").read_text()
     assert sentinel(servers, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "channels")[0] == "127.0.0.1"
