@@ -13,7 +13,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from config.routing import websocket_urlpatterns  # noqa: E402
 from realtime import drain  # noqa: E402
-from realtime.auth import AuthMiddlewareStack  # noqa: E402
+from realtime.auth import SessionAuthMiddleware  # noqa: E402
 
 # SIGUSR1: close every socket with GOING_AWAY, then stop (the daphne unit's ExecStop).
 drain.install()
@@ -21,6 +21,6 @@ drain.install()
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(SessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

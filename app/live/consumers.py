@@ -164,6 +164,8 @@ class LiveConsumer(AppConsumer):
 
     endpoint = "live"
     login_required = False
+    # Its sockets' frames come from the process's feed: no socket reads a channel of its own.
+    channel_layer_alias = None
 
     async def on_connect(self) -> None:
         await feed().join(self)

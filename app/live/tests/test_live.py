@@ -99,6 +99,17 @@ async def test_a_broadcast_reaches_a_process_once_whatever_its_socket_count(redi
 
 
 @pytest.mark.redis
+async def test_a_live_socket_reads_no_channel_of_its_own(redis_layer):
+    """The feed's channel is the only one the process reads for its live sockets: no socket holds
+    Channels' reader of a channel (a task, the layer's buffer queue and its tasks)."""
+    watchers = [(await connect("/ws/live/"))[0] for _ in range(3)]
+    await asyncio.sleep(0.1)  # a reader of its own would be waiting on the layer by now
+    assert set(get_channel_layer().receive_buffer) == {feed().channel_name}
+    for communicator in watchers:
+        await communicator.disconnect()
+
+
+@pytest.mark.redis
 async def test_the_process_leaves_the_group_with_its_last_socket_and_joins_with_the_next(redis_layer, settings):
     settings.LIVE_BATCH_INTERVAL = 0.05
     key = get_channel_layer()._group_key(settings.LIVE_GROUP).decode()

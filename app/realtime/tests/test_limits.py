@@ -27,11 +27,16 @@ async def assert_refused_with_4429(path, headers):
     assert await communicator.receive_output() == {"type": "websocket.close", "code": closecodes.TOO_MANY_CONNECTIONS}
 
 
-async def test_fourth_socket_is_closed_with_4429_and_a_freed_slot_is_reusable(auth_headers):
-    sockets = await open_sockets("/ws/notifications/", auth_headers, 3)
-    await assert_refused_with_4429("/ws/notifications/", auth_headers)
+# A socket reading a channel of its own on the layer, and one that reads none (its slot's name is its own).
+ENDPOINTS = ["/ws/notifications/", "/ws/live/"]
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+async def test_fourth_socket_is_closed_with_4429_and_a_freed_slot_is_reusable(auth_headers, path):
+    sockets = await open_sockets(path, auth_headers, 3)
+    await assert_refused_with_4429(path, auth_headers)
     await sockets[0].disconnect()
-    sockets[1:] += await open_sockets("/ws/notifications/", auth_headers, 1)
+    sockets[1:] += await open_sockets(path, auth_headers, 1)
     for s in sockets[1:]:
         await s.disconnect()
 
@@ -52,14 +57,15 @@ async def test_limit_is_configurable(auth_headers, settings):
 
 
 @pytest.mark.redis
-async def test_limit_holds_across_two_separate_layers_on_one_redis(redis_layer, auth_headers):
+@pytest.mark.parametrize("path", ENDPOINTS)
+async def test_limit_holds_across_two_separate_layers_on_one_redis(redis_layer, auth_headers, path):
     """Two RedisChannelLayer instances stand for two daphne processes (tests/processes do it for real)."""
     from channels.layers import channel_layers
 
-    first_process = await open_sockets("/ws/notifications/", auth_headers, 2)
+    first_process = await open_sockets(path, auth_headers, 2)
     channel_layers.backends["default"] = RedisChannelLayer(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
-    second_process = await open_sockets("/ws/notifications/", auth_headers, 1)
-    await assert_refused_with_4429("/ws/notifications/", auth_headers)
+    second_process = await open_sockets(path, auth_headers, 1)
+    await assert_refused_with_4429(path, auth_headers)
     for s in first_process + second_process:
         await s.disconnect()
 
