@@ -54,7 +54,7 @@ class SessionAuthMiddleware:
     """A socket's cookies, session and user, into its scope as channels.auth's AuthMiddlewareStack
     puts them (``cookies``, ``session``, ``user``), with `user_of` instead of channels.auth.get_user.
 
-    One copy of the scope, where channels' three middlewares make five: each copy, and each
+    One copy of the scope, where channels' three middlewares make four: each copy, and each
     middleware's coroutine, lives as long as the socket (about 3 KiB a socket; README,
     Performance). WebSocket handshakes only: channels' session middleware saves a changed session
     and sets its cookie on an HTTP response, which a handshake never gets; `user_of` saves the
